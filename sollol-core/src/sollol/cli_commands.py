@@ -1,0 +1,6 @@
+"""Imports the modules that add subcommands to `sollol` (detect, discover, serve, nodes).
+
+Each feature module registers its commands with `sollol.cli.command`; list them here.
+"""
+
+from __future__ import annotations
