@@ -42,6 +42,14 @@ from sollol.sync import (
     TGIPool,
     VLLMPool,
 )
+from sollol.unified import AsyncUnifiedPool as AsyncUnifiedPool
+from sollol.unified import UnifiedPool as UnifiedPool
+from sollol.unified import auto_discover_async as auto_discover_async
+from sollol.unified import discover_llamacpp_nodes as discover_llamacpp_nodes
+from sollol.unified import discover_localai_nodes as discover_localai_nodes
+from sollol.unified import discover_ollama_nodes as discover_ollama_nodes
+from sollol.unified import discover_tgi_nodes as discover_tgi_nodes
+from sollol.unified import discover_vllm_nodes as discover_vllm_nodes
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sollol.discovery import DiscoverySource, EnvironmentNodes, ExplicitNodes
+from sollol.discovery import (
+    ConfigFileNodes,
+    DiscoverySource,
+    EnvironmentNodes,
+    ExplicitNodes,
+    LocalhostNodes,
+    SubnetScan,
+)
 from sollol.plugins import hookimpl
 from sollol.routing import LeastLoaded, Random, RoundRobin
 
@@ -27,3 +34,6 @@ def sollol_register_discovery_sources(register: Callable[[DiscoverySource], None
     """The built-in discovery sources."""
     register(ExplicitNodes())
     register(EnvironmentNodes())
+    register(ConfigFileNodes())
+    register(LocalhostNodes())
+    register(SubnetScan())

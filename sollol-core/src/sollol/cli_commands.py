@@ -4,3 +4,4 @@ Each feature module registers its commands with `sollol.cli.command`; list them 
 """
 
 from __future__ import annotations
+from sollol import cli_discovery  # noqa: F401  (sollol detect, sollol discover)
