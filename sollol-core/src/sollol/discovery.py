@@ -70,7 +70,7 @@ class DiscoveryContext:
         return tuple(dict.fromkeys(p for ports in self.default_ports.values() for p in ports))
 
     def scan_ports(self) -> tuple[int, ...]:
-        """The ports a scan tries: the ones named, else every default port."""
+        """The ports localhost and scans try: the ones named, else the config's, else every default port."""
         return self.ports or _config_ints(self.config, "ports") or self.all_default_ports()
 
 
@@ -156,8 +156,7 @@ class LocalhostNodes:
         wanted = context.include_localhost or bool(_discovery_table(context.config).get("localhost"))
         if not wanted:
             return []
-        ports = context.ports or context.all_default_ports()
-        return [f"http://127.0.0.1:{port}" for port in ports]
+        return [f"http://127.0.0.1:{port}" for port in context.scan_ports()]
 
 
 class SubnetScan:
