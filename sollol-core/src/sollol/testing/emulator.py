@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -158,10 +158,14 @@ def stream_response(chunks: AsyncIterator[bytes], content_type: str, headers: It
 Handler = Callable[[EmuRequest], Awaitable[EmuResponse]]
 
 
-def route(method: str, *paths: str) -> Callable[[Handler], Handler]:
+#: A handler as written in a subclass: a method (self, request), typed as it is.
+RouteFn = TypeVar("RouteFn", bound=Callable[..., Awaitable[EmuResponse]])
+
+
+def route(method: str, *paths: str) -> Callable[[RouteFn], RouteFn]:
     """Mark an emulator method as the handler of `method` on `paths`."""
 
-    def mark(fn: Handler) -> Handler:
+    def mark(fn: RouteFn) -> RouteFn:
         existing = getattr(fn, "_routes", [])
         fn._routes = existing + [(method, p) for p in paths]  # type: ignore[attr-defined]
         return fn
