@@ -18,15 +18,18 @@ from sollol.discovery import (
     SubnetScan,
 )
 from sollol.plugins import hookimpl
-from sollol.routing import LeastLoaded, Random, RoundRobin
+from sollol.policies import Affinity, Latency, LeastLoaded, Random, RoundRobin, Sollol
 
 
 @hookimpl
 def sollol_register_policies(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """The built-in routing policies."""
+    register("sollol", Sollol)
     register("least_loaded", LeastLoaded)
     register("round_robin", RoundRobin)
     register("random", Random)
+    register("latency", Latency)
+    register("affinity", Affinity)
 
 
 @hookimpl

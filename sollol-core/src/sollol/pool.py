@@ -1,8 +1,15 @@
 """`AsyncPool`: sends each chat, generate and embed request to the best node, failing over.
 
 Building a pool does no I/O and starts nothing. On first use (or `async with`) it detects
-nodes whose kind was not given, reads each node's models, and starts a background task
-that keeps that knowledge fresh.
+nodes whose kind was not given, reads each node's models, and starts two background
+tasks: one probes each node's cheap liveness request every `health_interval` seconds,
+the other re-reads models and activity every `refresh_interval` seconds.
+
+A request goes to the node the policy picks among those that serve its model (by the name
+users write, or an alias), have the capabilities it needs, are healthy and below their
+concurrency limit. When every such node is full the request waits in a bounded priority
+queue; when a node fails the request is retried on one not yet tried, within
+`max_attempts` and `deadline`. See `docs/routing.md`.
 """
 
 from __future__ import annotations
@@ -27,14 +34,18 @@ from sollol.errors import (
     BackendError,
     ConfigError,
     ConnectError,
+    ModelNotFoundError,
     NoNodeForModelError,
+    OverloadedError,
     PoolClosedError,
     ProtocolError,
     SollolError,
     StreamInterruptedError,
     TimeoutError,
+    UnavailableError,
 )
-from sollol.http import Exchange
+from sollol.health import CircuitState
+from sollol.http import Exchange, HttpResponse
 from sollol.inference import (
     ChatRequest,
     ChatResult,
@@ -46,10 +57,13 @@ from sollol.inference import (
     Request,
     Result,
     Route,
+    Usage,
 )
+from sollol.latency import ModelStats, decay_factor, split_timing
 from sollol.node import Node, NodeSpec, parse_nodes
 from sollol.plugins import Plugins, default_plugins
-from sollol.routing import Choice, Policy, PoolNode, candidates_for
+from sollol.queue import WaitQueue
+from sollol.routing import AliasSpec, Choice, Policy, PoolNode, Router, Target, needs_of
 from sollol.transport import Timeouts, Transport
 
 log = logging.getLogger(__name__)
@@ -58,7 +72,23 @@ R = TypeVar("R", ChatResult, GenerateResult, EmbedResult)
 
 
 class AsyncPool:
-    """A pool of LLM server nodes of any kind, used with `await`."""
+    """A pool of LLM server nodes of any kind, used with `await`.
+
+    Settings beyond the nodes:
+    - `policy`: a registered policy name (`sollol`, `least_loaded`, `latency`,
+      `affinity`, `round_robin`, `random`, or a plugin's) or a policy object.
+    - `aliases`: logical model name -> the name on each node: one name, a list of
+      names (any of them), or a mapping from node id / backend kind ("*" for the rest).
+    - `max_concurrency`: requests per node at once, for nodes that do not set their own.
+    - `queue_limit`, `queue_timeout`: how many requests may wait for a free node, and
+      how long each may wait before `BusyError`.
+    - `max_attempts`, `deadline`: failover budget (nodes tried) and the time after which
+      no new attempt starts (seconds).
+    - `health_interval`: seconds between liveness probes (0 = none);
+      `failure_threshold`: server errors in a row that open a node's circuit breaker.
+    - `latency_half_life`: seconds for a node's latency estimate to drift halfway back to
+      the cluster's when nothing new was measured.
+    """
 
     default_backend: str | None = None
 
@@ -67,12 +97,20 @@ class AsyncPool:
         nodes: Iterable[NodeSpec] | str | None = None,
         *,
         backend: str | None = None,
-        policy: str | Policy = "least_loaded",
+        policy: str | Policy = "sollol",
         plugins: Plugins | None = None,
         timeouts: Timeouts | None = None,
         max_attempts: int = 3,
         refresh_interval: float = 15.0,
         seed: int | None = None,
+        aliases: Mapping[str, AliasSpec] | None = None,
+        max_concurrency: int | None = None,
+        queue_limit: int = 1024,
+        queue_timeout: float = 30.0,
+        deadline: float = 300.0,
+        health_interval: float = 5.0,
+        failure_threshold: int = 3,
+        latency_half_life: float = 60.0,
     ) -> None:
         backend = backend or self.default_backend
         if nodes is None:
@@ -84,18 +122,31 @@ class AsyncPool:
             parsed = tuple(n if n.backend else n.with_backend(backend) for n in parsed)
         if max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ConfigError("max_concurrency must be at least 1 (or None for no limit)")
+        if queue_limit < 0 or queue_timeout < 0:
+            raise ConfigError("queue_limit and queue_timeout cannot be negative")
         self._given = parsed
         self._policy_spec = policy
         self._plugins = plugins
         self._timeouts = timeouts or Timeouts()
         self.max_attempts = max_attempts
         self.refresh_interval = refresh_interval
+        self.aliases: dict[str, AliasSpec] = dict(aliases or {})
+        self.max_concurrency = max_concurrency
+        self.queue_timeout = queue_timeout
+        self.deadline = deadline
+        self.health_interval = health_interval
+        self.failure_threshold = failure_threshold
+        self.latency_half_life = latency_half_life
         self._rng = random.Random(seed)
         self._nodes: list[PoolNode] = []
         self._policy: Policy | None = None
+        self._router: Router | None = None
+        self._queue = WaitQueue(limit=queue_limit)
         self._transport: Transport | None = None
         self._started: asyncio.Future[None] | None = None
-        self._refresher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
     def __repr__(self) -> str:
@@ -117,8 +168,13 @@ class AsyncPool:
             self._plugins = default_plugins()
         return self._plugins
 
+    @property
+    def policy(self) -> Policy | None:
+        """The routing policy (None before `start`)."""
+        return self._policy
+
     async def start(self) -> None:
-        """Detect nodes, read their models, and start the background refresh. Idempotent."""
+        """Detect nodes, read their models, and start the background work. Idempotent."""
         if self._closed:
             raise PoolClosedError("this pool is closed")
         if self._started is None:
@@ -138,12 +194,21 @@ class AsyncPool:
         plugins = self.plugins
         self._policy = self._make_policy(self._policy_spec)
         self._transport = Transport(timeouts=self._timeouts)
+        cooldown = self.health_interval if self.health_interval > 0 else 5.0
+        self._nodes = []
         for node in self._given:
             backend = plugins.backend(node.backend) if node.backend else None
-            self._nodes.append(PoolNode(node, backend))
+            pnode = PoolNode(node, backend, limit=self.max_concurrency)
+            pnode.breaker.threshold = max(1, self.failure_threshold)
+            pnode.breaker.cooldown = cooldown
+            pnode.on_release = self._released
+            self._nodes.append(pnode)
+        self._router = Router(self._nodes, self._policy, self._rng, self.aliases)
         await asyncio.gather(*(self._refresh_node(p) for p in self._nodes))
         if self.refresh_interval > 0:
-            self._refresher = asyncio.create_task(self._refresh_forever(), name="sollol-refresh")
+            self._tasks.append(asyncio.create_task(self._refresh_forever(), name="sollol-refresh"))
+        if self.health_interval > 0:
+            self._tasks.append(asyncio.create_task(self._probe_forever(), name="sollol-health"))
 
     def _make_policy(self, spec: str | Policy) -> Policy:
         if not isinstance(spec, str):
@@ -161,12 +226,14 @@ class AsyncPool:
         if self._closed:
             return
         self._closed = True
-        if self._refresher is not None:
-            self._refresher.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._refresher
+                await task
             except asyncio.CancelledError:
                 pass
+        self._tasks.clear()
         if self._transport is not None:
             await self._transport.aclose()
 
@@ -177,12 +244,50 @@ class AsyncPool:
             await asyncio.sleep(self.refresh_interval)
             await asyncio.gather(*(self._refresh_node(p) for p in self._nodes), return_exceptions=True)
 
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            await asyncio.gather(*(self._probe(p) for p in self._nodes), return_exceptions=True)
+            self._decay(self.health_interval)
+
     async def refresh(self) -> None:
         """Re-read every node's state, models and activity now."""
         await self.start()
         await asyncio.gather(*(self._refresh_node(p) for p in self._nodes))
 
-    async def _refresh_node(self, pnode: PoolNode) -> None:
+    async def probe(self) -> None:
+        """Probe every node's liveness now (what the health task does each interval)."""
+        await self.start()
+        await asyncio.gather(*(self._probe(p) for p in self._nodes))
+
+    async def _probe(self, pnode: PoolNode) -> None:
+        """One liveness probe: the backend's cheap request, never a generation."""
+        if pnode.backend is None:
+            await self._refresh_node(pnode)
+            return
+        assert self._transport is not None
+        previous = pnode.state
+        response = await self._transport.probe(pnode.node, pnode.backend.health())
+        self._apply_health(pnode, response)
+        if pnode.state is NodeState.UP and (previous is not NodeState.UP or pnode.models is None):
+            await self._refresh_node(pnode, probed=True)
+
+    def _apply_health(self, pnode: PoolNode, response: HttpResponse) -> NodeState:
+        assert pnode.backend is not None
+        state = pnode.backend.health_state(response)
+        previous = pnode.state
+        reason = response.error or (None if response.ok else f"HTTP {response.status}")
+        self._set_state(pnode, state, reason)
+        if state is NodeState.UP:
+            if previous in (NodeState.DOWN, NodeState.AUTH_REQUIRED):
+                if pnode.breaker.reset():
+                    self._emit("circuit.closed", pnode.id, data={"reason": "node is back"})
+            elif pnode.breaker.probe_ok():
+                self._emit("circuit.half_open", pnode.id, data={"reason": "liveness probe answered"})
+            self._wake(pnode)
+        return state
+
+    async def _refresh_node(self, pnode: PoolNode, *, probed: bool = False) -> None:
         assert self._transport is not None
         transport = self._transport
         if pnode.backend is None:
@@ -192,31 +297,51 @@ class AsyncPool:
                 return
             pnode.backend = self.plugins.backend(found.backend)
             pnode.node = pnode.node.with_backend(found.backend)
+            if self._router is not None:
+                self._router.invalidate()
         backend = pnode.backend
-        health = await transport.probe(pnode.node, backend.health())
-        state = backend.health_state(health)
-        self._set_state(pnode, state, health.error or (None if health.ok else f"HTTP {health.status}"))
-        if state is not NodeState.UP:
-            return
+        if not probed:
+            state = self._apply_health(pnode, await transport.probe(pnode.node, backend.health()))
+            if state is not NodeState.UP:
+                return
         try:
             models = await transport.run(pnode.node, backend.models())
         except SollolError as exc:
             log.warning("could not read the models of %s: %s", pnode.id, exc)
         else:
-            pnode.models = {model_key(m.name): m for m in models}
+            fresh = {model_key(m.name): m for m in models}
+            if fresh != pnode.models:
+                pnode.models = fresh
+                if self._router is not None:
+                    self._router.invalidate()
         try:
-            pnode.activity = await transport.run(pnode.node, backend.activity(), tolerant=True)
+            pnode.set_activity(await transport.run(pnode.node, backend.activity(), tolerant=True))
         except SollolError as exc:
             log.debug("could not read the activity of %s: %s", pnode.id, exc)
 
     def _set_state(self, pnode: PoolNode, state: NodeState, reason: str | None) -> None:
         if state is pnode.state:
             return
-        previous, pnode.state = pnode.state, state
+        previous = pnode.state
+        pnode.state = state
         if state is not NodeState.UP:
             pnode.last_error = reason
         log.info("node %s: %s -> %s%s", pnode.id, previous.value, state.value, f" ({reason})" if reason else "")
         self._emit("node." + state.value.replace("-", "_"), pnode.id, data={"reason": reason, "previous": previous.value})
+
+    def _decay(self, elapsed: float) -> None:
+        """Let estimates that got no news drift back toward the cluster's."""
+        assert self._router is not None
+        factor = decay_factor(elapsed, self.latency_half_life)
+        cluster = self._router.cluster
+        for pnode in self._nodes:
+            for key, stats in pnode.stats.items():
+                prior = cluster.get(key)
+                if prior is not None and prior is not stats:
+                    stats.decay_toward(prior, factor)
+
+    def _observed(self) -> bool:
+        return bool(self.plugins.pm.hook.sollol_activity_event.get_hookimpls())
 
     def _emit(self, kind: str, node: str | None = None, model: str | None = None, data: Mapping[str, Any] | None = None) -> None:
         self.plugins.emit(ActivityEvent(kind=kind, node=node, model=model, data=dict(data or {})))
@@ -228,12 +353,20 @@ class AsyncPool:
         ]
 
     def models(self) -> list[str]:
-        """Every model some node serves."""
+        """Every model some node serves, and every alias that resolves to one."""
         names: dict[str, str] = {}
         for pnode in self._nodes:
             for name in pnode.model_names():
                 names.setdefault(model_key(name), name)
+        if self._router is not None:
+            for alias in self.aliases:
+                if self._router.index.by_key.get(model_key(alias)):
+                    names.setdefault(model_key(alias), alias)
         return sorted(names.values())
+
+    def queued(self) -> int:
+        """Requests waiting for a free node now."""
+        return len(self._queue)
 
     # -- the API -------------------------------------------------------------------------------
 
@@ -242,12 +375,17 @@ class AsyncPool:
     @overload
     async def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: Literal[True], options: Mapping[str, Any] | None = ..., **params: Any) -> AsyncIterator[Chunk]: ...
     async def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False, options: Mapping[str, Any] | None = None, **params: Any) -> ChatResult | AsyncIterator[Chunk]:
-        """Chat with `model`. With `stream=True`, an async iterator of chunks."""
-        request = ChatRequest(model=model, messages=tuple(messages), options=options or {}, params=params)
+        """Chat with `model`. With `stream=True`, an async iterator of chunks.
+
+        `priority=` (an int, higher first) orders the request in the wait queue; it is
+        not sent to the node.
+        """
+        priority = int(params.pop("priority", 0) or 0)
+        request = ChatRequest(model=model, messages=tuple(messages), options=options or {}, params=params)  # type: ignore[arg-type]
         if stream:
             await self.start()
-            return self._stream(request)
-        return await self._serve(request, ChatResult)
+            return self._stream(request, priority)
+        return await self._serve(request, ChatResult, priority)
 
     @overload
     async def generate(self, model: str, prompt: str = ..., *, stream: Literal[False] = ..., options: Mapping[str, Any] | None = ..., **params: Any) -> GenerateResult: ...
@@ -255,48 +393,54 @@ class AsyncPool:
     async def generate(self, model: str, prompt: str = ..., *, stream: Literal[True], options: Mapping[str, Any] | None = ..., **params: Any) -> AsyncIterator[Chunk]: ...
     async def generate(self, model: str, prompt: str = "", *, stream: bool = False, options: Mapping[str, Any] | None = None, **params: Any) -> GenerateResult | AsyncIterator[Chunk]:
         """Complete `prompt` with `model`. With `stream=True`, an async iterator of chunks."""
+        priority = int(params.pop("priority", 0) or 0)
         request = GenerateRequest(model=model, prompt=prompt, options=options or {}, params=params)
         if stream:
             await self.start()
-            return self._stream(request)
-        return await self._serve(request, GenerateResult)
+            return self._stream(request, priority)
+        return await self._serve(request, GenerateResult, priority)
 
     async def embed(self, model: str, input: str | Sequence[str], *, options: Mapping[str, Any] | None = None, **params: Any) -> EmbedResult:
         """Embed one text or several with `model`."""
+        priority = int(params.pop("priority", 0) or 0)
         inputs = (input,) if isinstance(input, str) else tuple(input)
-        request = EmbedRequest(model=model, inputs=inputs, options=options or {}, params=params)
-        return await self._serve(request, EmbedResult)
+        request = EmbedRequest(model=model, inputs=inputs, options=options or {}, params=params)  # type: ignore[arg-type]
+        return await self._serve(request, EmbedResult, priority)
 
-    async def serve(self, request: Request) -> Result:
+    async def serve(self, request: Request, *, priority: int | None = None) -> Result:
         """Serve a request value (non-streamed)."""
+        request, rank = _take_priority(request, priority)
         kind: Any = {"chat": ChatResult, "generate": GenerateResult, "embed": EmbedResult}[request.operation]
-        result: Result = await self._serve(request, kind)
+        result: Result = await self._serve(request, kind, rank)
         return result
 
-    async def stream(self, request: ChatRequest | GenerateRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: ChatRequest | GenerateRequest, *, priority: int | None = None) -> AsyncIterator[Chunk]:
         """Serve a request value as a stream."""
         await self.start()
-        return self._stream(request)
+        plain, rank = _take_priority(request, priority)
+        assert isinstance(plain, (ChatRequest, GenerateRequest))
+        return self._stream(plain, rank)
 
     # -- routing and failover --------------------------------------------------------------------
 
-    def _choose(self, request: Request, tried: list[str], failures: list[tuple[str, BaseException]]) -> Choice:
-        candidates = candidates_for(self._nodes, request, exclude=set(tried))
-        if not candidates:
-            if failures:
-                raise AllNodesFailedError(request.model, failures)
-            raise self._nothing_serves(request)
-        assert self._policy is not None
-        return self._policy.choose(candidates, request, self._rng)
-
-    def _nothing_serves(self, request: Request) -> SollolError:
-        holders = [p for p in self._nodes if p.has_model(request.model)]
-        if holders:
+    def _nothing_serves(self, request: Request, needs: frozenset[str]) -> SollolError:
+        assert self._router is not None
+        every = self._router.targets(request)
+        if every:
+            capable = [t for t in every if t.serves(needs, request.operation)]
+            if not capable:
+                what = ", ".join(sorted(needs)) or request.operation
+                return NoNodeForModelError(
+                    request.model, self.models(), f"no node's {request.model!r} supports {what}"
+                )
             return AllNodesFailedError(
                 request.model,
-                [(p.id, ConnectError(f"node is {p.state.value}: {p.last_error or 'no answer'}")) for p in holders],
+                [
+                    (t.pnode.id, ConnectError(f"node is {t.pnode.state.value}, circuit {t.pnode.breaker.state.value}: {t.pnode.last_error or 'no answer'}"))
+                    for t in capable
+                ],
             )
-        if not any(p.state in (NodeState.UP, NodeState.UNKNOWN) for p in self._nodes):
+        if not any(p.up for p in self._nodes):
             return AllNodesFailedError(
                 request.model,
                 [(p.id, ConnectError(f"node is {p.state.value}: {p.last_error or 'no answer'}")) for p in self._nodes],
@@ -306,6 +450,49 @@ class AsyncPool:
             detail = f"no node's backend supports {request.operation}"
         return NoNodeForModelError(request.model, self.models(), detail)
 
+    async def _acquire(
+        self,
+        request: Request,
+        needs: frozenset[str],
+        targets: Sequence[Target],
+        tried: list[str],
+        failures: list[tuple[str, BaseException]],
+        priority: int,
+        deadline: float,
+    ) -> tuple[Choice, Target, bool, float]:
+        """A node for the next attempt: (choice, target, holds a reservation, seconds queued)."""
+        router = self._router
+        assert router is not None
+        eligible = router.eligible(targets, request, needs, tried)
+        if eligible:
+            choice, target = router.choose(eligible, request)
+            return choice, target, False, 0.0
+        operation = request.operation
+        full = [
+            t for t in targets
+            if t.pnode.id not in tried and t.pnode.full and t.pnode.available() and t.serves(needs, operation)
+        ]
+        if not full:
+            if failures:
+                raise AllNodesFailedError(request.model, failures)
+            raise self._nothing_serves(request, needs)
+        timeout = min(self.queue_timeout, deadline - time.monotonic())
+        if self._observed():
+            self._emit("request.queued", None, request.model, {"operation": request.operation, "depth": len(self._queue) + 1, "priority": priority})
+        began = time.monotonic()
+        pnode = await self._queue.wait({t.pnode.id for t in full}, request.model, priority=priority, timeout=timeout)
+        waited = time.monotonic() - began
+        target = next(t for t in full if t.pnode is pnode)
+        return Choice(node=pnode, score=0.0, parts=(("queued", waited),)), target, True, waited
+
+    def _released(self, pnode: PoolNode) -> None:
+        if self._queue._waiters:
+            self._queue.wake(pnode)
+
+    def _wake(self, pnode: PoolNode) -> None:
+        while self._queue._waiters and self._queue.wake(pnode):
+            pass
+
     def _exchange(self, backend: Backend, request: Request) -> Exchange[Any]:
         if isinstance(request, ChatRequest):
             return backend.chat(request)
@@ -313,7 +500,7 @@ class AsyncPool:
             return backend.generate(request)
         return backend.embed(request)
 
-    def _route(self, choice: Choice, tried: list[str], failures: list[tuple[str, BaseException]]) -> Route:
+    def _route(self, choice: Choice, tried: list[str], failures: list[tuple[str, BaseException]], queued: float) -> Route:
         assert self._policy is not None
         return Route(
             node=choice.node.id,
@@ -322,92 +509,232 @@ class AsyncPool:
             score=choice.score,
             parts=choice.parts,
             failures=tuple((n, str(e)) for n, e in failures),
+            queued=queued,
         )
 
-    def _failed(self, pnode: PoolNode, exc: BaseException, request: Request) -> None:
+    def _dispatching(self, pnode: PoolNode, request: Request, route: Route) -> None:
+        if pnode.breaker.state is CircuitState.HALF_OPEN:
+            pnode.breaker.start_trial()
+        if self._observed():
+            self._emit(
+                "request.routed",
+                pnode.id,
+                request.model,
+                {
+                    "operation": request.operation,
+                    "policy": route.policy,
+                    "score": route.score,
+                    "parts": dict(route.parts),
+                    "attempt": len(route.tried),
+                    "tried": list(route.tried),
+                    "queued": route.queued,
+                },
+            )
+
+    def _failed(self, pnode: PoolNode, exc: BaseException, request: Request, target: Target, attempt: int) -> bool:
+        """Account a failed attempt. True when another node may be tried."""
         pnode.failed += 1
         pnode.last_error = str(exc)
-        if isinstance(exc, (ConnectError, TimeoutError)) and not isinstance(exc, StreamInterruptedError):
-            self._set_state(pnode, NodeState.DOWN, str(exc))
+        retry = not (isinstance(exc, BackendError) and not exc.retryable)
+        breaker = pnode.breaker
+        opened = False
+        if isinstance(exc, ModelNotFoundError):
+            # The inventory was stale: forget the model there; the node itself is fine.
+            if pnode.models is not None and pnode.models.pop(target.key, None) is not None and self._router is not None:
+                self._router.invalidate()
+        elif isinstance(exc, OverloadedError):
+            pass  # busy, not broken
+        elif isinstance(exc, UnavailableError):
+            self._set_state(pnode, NodeState.LOADING, str(exc))  # not dead: probes bring it back
         elif isinstance(exc, AuthenticationError):
             self._set_state(pnode, NodeState.AUTH_REQUIRED, str(exc))
-        self._emit("request.failed", pnode.id, request.model, {"reason": str(exc), "operation": request.operation})
+        elif isinstance(exc, ConnectError) and "ConnectError" in str(exc):
+            # Refused or unreachable (httpx's ConnectError): the node is down.
+            self._set_state(pnode, NodeState.DOWN, str(exc))
+            opened = breaker.failure(str(exc), trip=True)
+        elif isinstance(exc, (ConnectError, TimeoutError)):
+            opened = breaker.failure(str(exc), trip=True)
+        elif retry:
+            opened = breaker.failure(str(exc))
+        if opened:
+            self._emit("circuit.opened", pnode.id, data={"reason": str(exc), "failures": breaker.consecutive})
+        if self._observed():
+            self._emit(
+                "request.failed",
+                pnode.id,
+                request.model,
+                {"reason": str(exc), "operation": request.operation, "attempt": attempt, "retry": retry, "error": type(exc).__name__},
+            )
+        return retry
 
-    async def _serve(self, request: Request, kind: type[R]) -> R:
+    def _succeeded(self, pnode: PoolNode, target: Target, request: Request, route: Route, elapsed: float, usage: Usage | None, first: float | None, chunks: int) -> None:
+        """Account a served request: breaker, warmth, latency."""
+        pnode.served += 1
+        if pnode.breaker.state is not CircuitState.CLOSED and pnode.breaker.success():
+            self._emit("circuit.closed", pnode.id, data={"reason": "a request succeeded"})
+        else:
+            pnode.breaker.consecutive = 0
+        if pnode.loaded_keys is not None:
+            pnode.loaded_keys.add(target.key)
+        load = usage.load_duration if usage is not None else None
+        if load and load > 0:
+            pnode.load_cost.observe(load)
+        else:
+            load = 0.0
+        tokens = usage.completion_tokens if usage is not None else None
+        if request.operation != "embed":
+            stats = target.stats
+            if first is not None:
+                ttft: float | None = max(first - load, 0.0)
+                per_token = (elapsed - first) / (chunks - 1) if chunks > 1 else None
+            else:
+                ttft, per_token = split_timing(max(elapsed - load, 0.0), tokens, stats)
+            stats.observe(ttft=ttft, per_token=per_token, tokens=tokens)
+            assert self._router is not None
+            cluster = self._router.cluster
+            shared = cluster.get(target.key)
+            if shared is None:
+                shared = cluster[target.key] = ModelStats(stats.ttft, stats.per_token, stats.tokens)
+            shared.observe(ttft=ttft, per_token=per_token, tokens=tokens)
+        if self._observed():
+            self._emit(
+                "request.finished",
+                pnode.id,
+                request.model,
+                {
+                    "operation": request.operation,
+                    "latency": elapsed,
+                    "ttft": first,
+                    "chunks": chunks,
+                    "attempts": len(route.tried),
+                    "queued": route.queued,
+                    "cold_load": load,
+                },
+            )
+
+    def _begin(self, request: Request) -> tuple[frozenset[str], list[Target]]:
+        assert self._router is not None
+        needs = needs_of(request)
+        targets = self._router.targets(request)
+        if not targets:
+            raise self._nothing_serves(request, needs)
+        return needs, targets
+
+    async def _serve(self, request: Request, kind: type[R], priority: int = 0) -> R:
         if self._closed:
             raise PoolClosedError("this pool is closed")
         await self.start()
-        assert self._transport is not None
+        transport = self._transport
+        assert transport is not None
+        needs, targets = self._begin(request)
+        deadline = time.monotonic() + self.deadline
         tried: list[str] = []
         failures: list[tuple[str, BaseException]] = []
-        while len(tried) < self.max_attempts:
-            choice = self._choose(request, tried, failures)
-            pnode = choice.node
-            assert pnode.backend is not None
+        queued = 0.0
+        while True:
+            choice, target, reserved, waited = await self._acquire(request, needs, targets, tried, failures, priority, deadline)
+            queued += waited
+            pnode = target.pnode
+            backend = pnode.backend
+            assert backend is not None
             tried.append(pnode.id)
+            route = self._route(choice, tried, failures, queued)
+            self._dispatching(pnode, request, route)
+            local = request if target.name == request.model else attrs.evolve(request, model=target.name)
             started = time.perf_counter()
             try:
-                with pnode.lease():
-                    result = await self._transport.run(pnode.node, self._exchange(pnode.backend, request))
+                with pnode.lease(reserved=reserved):
+                    result = await transport.run(pnode.node, self._exchange(backend, local))
             except (BackendError, ProtocolError) as exc:
                 if isinstance(exc, BackendError):
                     exc.at(pnode.id)
-                self._failed(pnode, exc, request)
-                if isinstance(exc, BackendError) and not exc.retryable:
+                if not self._failed(pnode, exc, request, target, len(tried)):
                     raise
                 failures.append((pnode.id, exc))
+                if len(tried) >= self.max_attempts or time.monotonic() >= deadline:
+                    raise AllNodesFailedError(request.model, failures) from exc
                 continue
-            pnode.served += 1
-            self._emit("request.finished", pnode.id, request.model, {"latency": time.perf_counter() - started, "operation": request.operation})
-            return attrs.evolve(result, node=pnode.node, route=self._route(choice, tried, failures))  # type: ignore[no-any-return]
-        raise AllNodesFailedError(request.model, failures)
+            elapsed = time.perf_counter() - started
+            self._succeeded(pnode, target, request, route, elapsed, result.usage, None, 0)
+            return attrs.evolve(result, node=pnode.node, route=route)  # type: ignore[no-any-return]
 
-    async def _stream(self, request: ChatRequest | GenerateRequest) -> AsyncIterator[Chunk]:
+    async def _stream(self, request: ChatRequest | GenerateRequest, priority: int = 0) -> AsyncIterator[Chunk]:
         if self._closed:
             raise PoolClosedError("this pool is closed")
-        assert self._transport is not None
+        transport = self._transport
+        assert transport is not None
+        needs, targets = self._begin(request)
+        deadline = time.monotonic() + self.deadline
         tried: list[str] = []
         failures: list[tuple[str, BaseException]] = []
-        while len(tried) < self.max_attempts:
-            choice = self._choose(request, tried, failures)
-            pnode = choice.node
-            assert pnode.backend is not None
+        queued = 0.0
+        while True:
+            choice, target, reserved, waited = await self._acquire(request, needs, targets, tried, failures, priority, deadline)
+            queued += waited
+            pnode = target.pnode
+            backend = pnode.backend
+            assert backend is not None
             tried.append(pnode.id)
+            local = request if target.name == request.model else attrs.evolve(request, model=target.name)
             plan: StreamPlan = (
-                pnode.backend.chat_stream(request)
-                if isinstance(request, ChatRequest)
-                else pnode.backend.generate_stream(request)
+                backend.chat_stream(local) if isinstance(local, ChatRequest) else backend.generate_stream(local)
             )
-            route = self._route(choice, tried, failures)
+            route = self._route(choice, tried, failures, queued)
+            self._dispatching(pnode, request, route)
             sent = 0
+            first: float | None = None
+            usage: Usage | None = None
+            started = time.perf_counter()
             try:
-                with pnode.lease():
-                    async with self._transport.stream(pnode.node, plan.request) as response:
+                with pnode.lease(reserved=reserved):
+                    async with transport.stream(pnode.node, plan.request) as response:
                         if not 200 <= response.status < 300:
-                            raise pnode.backend.error(await response.read())
+                            raise backend.error(await response.read())
                         decoder = plan.decoder()
                         async for piece in response.pieces():
                             for chunk in decoder.feed(piece):
+                                if first is None:
+                                    first = time.perf_counter() - started
+                                if chunk.usage is not None:
+                                    usage = chunk.usage
                                 sent += 1
                                 yield attrs.evolve(chunk, node=pnode.node, route=route)
                         for chunk in decoder.close():
+                            if first is None:
+                                first = time.perf_counter() - started
+                            if chunk.usage is not None:
+                                usage = chunk.usage
                             sent += 1
                             yield attrs.evolve(chunk, node=pnode.node, route=route)
             except (BackendError, ProtocolError) as exc:
                 if isinstance(exc, BackendError):
                     exc.at(pnode.id)
-                self._failed(pnode, exc, request)
+                retry = self._failed(pnode, exc, request, target, len(tried))
                 if sent:
                     raise StreamInterruptedError(
                         f"the stream from {pnode.id} broke after {sent} chunks: {exc}",
                         node=pnode.id,
                         status=getattr(exc, "status", 0),
                     ) from exc
-                if isinstance(exc, BackendError) and not exc.retryable:
+                if not retry:
                     raise
                 failures.append((pnode.id, exc))
+                if len(tried) >= self.max_attempts or time.monotonic() >= deadline:
+                    raise AllNodesFailedError(request.model, failures) from exc
                 continue
-            pnode.served += 1
-            self._emit("request.finished", pnode.id, request.model, {"operation": request.operation, "chunks": sent})
+            self._succeeded(pnode, target, request, route, time.perf_counter() - started, usage, first, sent)
             return
-        raise AllNodesFailedError(request.model, failures)
+
+
+def _take_priority(request: Request, priority: int | None) -> tuple[Request, int]:
+    """The request without a `priority` param (never sent to a node), and the priority."""
+    if "priority" in request.params:
+        params = dict(request.params)
+        given = params.pop("priority")
+        request = attrs.evolve(request, params=params)
+        if priority is None:
+            priority = int(given or 0)
+    return request, priority or 0
+
+
+__all__ = ["AsyncPool", "Node"]

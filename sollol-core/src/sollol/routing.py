@@ -1,62 +1,131 @@
-"""Routing: filter the nodes that can serve a request, score them, pick one.
+"""Routing: find the nodes that can serve a request, let a policy score them, pick one.
 
 `PoolNode` is the pool's live record of a node (what it is, what it has, how busy it is).
-A policy only scores and picks among candidates the filter let through; policies are
-plugins registered by name (`sollol_register_policies`).
+`Router` keeps an index from model names (as users write them, plus configured aliases)
+to the nodes that serve them, filters those by health, capability and free capacity, and
+hands the rest to a policy. Policies are plugins registered by name
+(`sollol_register_policies`); the built-in ones live in `sollol.policies`.
+
+Everything here runs on the pool's event loop, once per request, so it is written to do
+little per call: the index is rebuilt only when an inventory changes, and big clusters
+are sampled rather than scanned.
 """
 
 from __future__ import annotations
 
+import bisect
 import random
-from collections.abc import Iterator, Mapping, Sequence
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 import attrs
 
 from sollol.activity import Activity, ModelInfo
 from sollol.codec import Backend, model_key
 from sollol.detection import Detection, NodeState
-from sollol.inference import Request
+from sollol.health import CircuitBreaker, CircuitState
+from sollol.inference import ChatRequest, Request
+from sollol.latency import LoadCost, ModelStats
 from sollol.node import Node
+
+#: Seconds a cold model load is assumed to cost before one was measured on the node.
+DEFAULT_LOAD_COST = 5.0
+
+#: How an alias is given: one name for every node; any of several names; or a name per
+#: node id / backend kind ("*" for the rest).
+AliasSpec = Union[str, Sequence[str], Mapping[str, str]]
+
+_USABLE = frozenset({NodeState.UP, NodeState.UNKNOWN})
 
 
 class PoolNode:
     """The pool's live record of one node. Mutated only on the pool's event loop."""
 
-    def __init__(self, node: Node, backend: Backend | None = None) -> None:
+    def __init__(self, node: Node, backend: Backend | None = None, *, limit: int | None = None) -> None:
         self.node = node
         self.backend = backend
         self.detection: Detection | None = None
-        self.state = NodeState.UNKNOWN
+        self._state = NodeState.UNKNOWN
+        self.up = True  # state is UP or UNKNOWN
         self.models: dict[str, ModelInfo] | None = None  # by model_key; None = not known yet
         self.activity: Activity | None = None
+        self.loaded_keys: set[str] | None = None  # model_keys resident in memory; None = unknown
         self.in_flight = 0
+        self.reserved = 0  # slots handed to queued requests that have not started yet
+        self.limit = node.max_concurrency if node.max_concurrency is not None else limit
+        self.slots = max(self.limit, 1) if self.limit is not None else 1  # requests it runs at once
+        self.reported_load = 0  # running + waiting, as the backend last said
+        self.kv_cache_usage: float | None = None
         self.served = 0
         self.failed = 0
         self.last_error: str | None = None
+        self.breaker = CircuitBreaker()
+        self.stats: dict[str, ModelStats] = {}  # by model_key
+        self.load_cost = LoadCost(DEFAULT_LOAD_COST)
+        self.on_release: Callable[[PoolNode], None] | None = None
 
     def __repr__(self) -> str:
         kind = self.backend.name if self.backend else "?"
-        return f"<PoolNode {self.node.id} {kind} {self.state.value} in_flight={self.in_flight}>"
+        return f"<PoolNode {self.node.id} {kind} {self._state.value} in_flight={self.in_flight}>"
 
     @property
     def id(self) -> str:
         """The node's id."""
         return self.node.id
 
+    @property
+    def state(self) -> NodeState:
+        """What probing and requests say about the node."""
+        return self._state
+
+    @state.setter
+    def state(self, value: NodeState) -> None:
+        self._state = value
+        self.up = value in _USABLE
+
     @contextmanager
-    def lease(self) -> Iterator[None]:
+    def lease(self, *, reserved: bool = False) -> Iterator[None]:
         """Count one request in flight for exactly as long as the block runs.
 
         Incremented before dispatch and decremented in `finally`, so errors,
-        cancellations and abandoned streams all give the slot back.
+        cancellations and abandoned streams all give the slot back. With `reserved`, the
+        request takes the slot the wait queue reserved for it.
         """
+        if reserved:
+            self.reserved -= 1
         self.in_flight += 1
         try:
             yield
         finally:
             self.in_flight -= 1
+            if self.on_release is not None:
+                self.on_release(self)
+
+    @property
+    def load(self) -> int:
+        """Requests on the node: this pool's own, or what the backend reports if that is more."""
+        mine = self.in_flight + self.reserved
+        return mine if mine >= self.reported_load else self.reported_load
+
+    @property
+    def full(self) -> bool:
+        """True when the node's concurrency limit is reached."""
+        return self.limit is not None and self.in_flight + self.reserved >= self.limit
+
+    @property
+    def at_capacity(self) -> bool:
+        """True when the node's configured concurrency limit is reached."""
+        return self.full
+
+    def available(self) -> bool:
+        """Whether the node may be sent a request now (health and circuit breaker)."""
+        if not self.up:
+            return False
+        breaker = self.breaker
+        return breaker.state is CircuitState.CLOSED or breaker.allows()
 
     def has_model(self, model: str) -> bool | None:
         """True/False when the inventory is known, None when it is not."""
@@ -70,16 +139,29 @@ class PoolNode:
 
     def is_loaded(self, model: str) -> bool | None:
         """Whether the model is resident, when the backend says."""
-        if self.activity is None or self.activity.loaded is None:
+        if self.loaded_keys is None:
             return None
-        key = model_key(model)
-        return any(model_key(m.name) == key for m in self.activity.loaded)
+        return model_key(model) in self.loaded_keys
 
-    @property
-    def at_capacity(self) -> bool:
-        """True when the node's configured concurrency limit is reached."""
-        limit = self.node.max_concurrency
-        return limit is not None and self.in_flight >= limit
+    def set_activity(self, activity: Activity | None) -> None:
+        """Take in what the backend reports: loaded models, queue, KV cache."""
+        self.activity = activity
+        if activity is None:
+            return
+        if activity.loaded is not None:
+            self.loaded_keys = {model_key(m.name) for m in activity.loaded}
+        self.reported_load = (activity.running or 0) + (activity.waiting or 0)
+        self.kv_cache_usage = activity.kv_cache_usage
+        if self.limit is None and activity.capacity:
+            self.slots = max(activity.capacity, 1)
+
+    def stats_for(self, key: str, prior: ModelStats | None = None) -> ModelStats:
+        """This node's latency record for a model, created from `prior` when new."""
+        stats = self.stats.get(key)
+        if stats is None:
+            stats = ModelStats() if prior is None else ModelStats(prior.ttft, prior.per_token, prior.tokens)
+            self.stats[key] = stats
+        return stats
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON object describing the node now."""
@@ -87,14 +169,89 @@ class PoolNode:
             "id": self.id,
             "url": self.node.url,
             "backend": self.backend.name if self.backend else None,
-            "state": self.state.value,
+            "state": self._state.value,
+            "circuit": self.breaker.state.value,
             "version": self.detection.version if self.detection else None,
             "models": sorted(self.model_names()),
+            "loaded": sorted(self.loaded_keys) if self.loaded_keys is not None else None,
             "in_flight": self.in_flight,
+            "queued_for": self.reserved,
+            "max_concurrency": self.limit,
             "served": self.served,
             "failed": self.failed,
             "last_error": self.last_error,
+            "latency": {
+                key: {"ttft": s.ttft, "per_token": s.per_token, "samples": s.samples} for key, s in self.stats.items()
+            },
         }
+
+
+class Target:
+    """One node able to serve one model, under the name that node knows it by."""
+
+    __slots__ = ("caps", "embeds", "generates", "info", "key", "name", "operations", "pnode", "stats")
+
+    def __init__(self, pnode: PoolNode, name: str, info: ModelInfo | None, stats: ModelStats) -> None:
+        self.pnode = pnode
+        self.name = name
+        self.key = model_key(name)
+        self.info = info
+        self.stats = stats
+        self.operations = pnode.backend.operations if pnode.backend is not None else frozenset()
+        caps = self.caps = info.capabilities if info is not None else None
+        self.embeds = "embed" in self.operations and (caps is None or "embedding" in caps)
+        self.generates = caps is None or "completion" in caps or "embedding" not in caps
+
+    def __repr__(self) -> str:
+        return f"<Target {self.pnode.id} {self.name}>"
+
+    def serves(self, needs: frozenset[str], operation: str) -> bool:
+        """Whether this model can do what the request needs (unknown capabilities pass)."""
+        if operation == "embed":
+            return self.embeds
+        if operation not in self.operations or not self.generates:
+            return False
+        return self.caps is None or needs <= self.caps
+
+    @property
+    def cold(self) -> bool:
+        """True when the node is known not to have the model in memory."""
+        loaded = self.pnode.loaded_keys
+        return loaded is not None and self.key not in loaded
+
+
+_NO_NEEDS: frozenset[str] = frozenset()
+
+
+def needs_of(request: Request) -> frozenset[str]:
+    """The model capabilities a request needs (Ollama's names: vision, tools, thinking, embedding)."""
+    if request.operation == "embed":
+        return frozenset({"embedding"})
+    params = request.params
+    if not params and not isinstance(request, ChatRequest):
+        return _NO_NEEDS
+    needs = []
+    if params.get("tools"):
+        needs.append("tools")
+    think = params.get("think")
+    if think and think not in ("false", "False", "none"):
+        needs.append("thinking")
+    images = params.get("images")
+    if not images and isinstance(request, ChatRequest):
+        images = any(isinstance(m, Mapping) and m.get("images") for m in request.messages)
+    if images:
+        needs.append("vision")
+    return frozenset(needs) if needs else _NO_NEEDS
+
+
+class Candidates(list[PoolNode]):
+    """The nodes a policy may pick from, with each one's `Target` (same order)."""
+
+    def __init__(self, targets: Sequence[Target], key: str, router: Router | None = None) -> None:
+        super().__init__(t.pnode for t in targets)
+        self.targets = list(targets)
+        self.key = key
+        self.router = router
 
 
 @attrs.frozen(kw_only=True)
@@ -126,47 +283,222 @@ def pick_lowest(
     return tied[0] if len(tied) == 1 else rng.choice(tied)
 
 
-class LeastLoaded:
-    """Fewest requests in flight (as counted by this pool), ties at random."""
+class HashRing:
+    """Consistent hashing of keys onto node ids (64 points per node)."""
 
-    name = "least_loaded"
+    POINTS = 64
 
-    def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
-        """Pick the least-loaded candidate."""
-        cost = {c.id: float(c.in_flight) for c in candidates}
-        node = pick_lowest(candidates, rng, cost)
-        return Choice(node=node, score=-cost[node.id], parts=(("in_flight", cost[node.id]),))
+    def __init__(self, ids: Sequence[str]) -> None:
+        points = sorted(
+            (zlib.crc32(f"{node_id}#{i}".encode()), node_id) for node_id in ids for i in range(self.POINTS)
+        )
+        self._hashes = [h for h, _ in points]
+        self._ids = [node_id for _, node_id in points]
+
+    def walk(self, key: str) -> Iterator[str]:
+        """Node ids in ring order from where `key` falls; each id once."""
+        if not self._ids:
+            return
+        start = bisect.bisect(self._hashes, zlib.crc32(key.encode()))
+        seen: set[str] = set()
+        count = len(self._ids)
+        for step in range(count):
+            node_id = self._ids[(start + step) % count]
+            if node_id not in seen:
+                seen.add(node_id)
+                yield node_id
+
+    def owner(self, key: str, allowed: Mapping[str, Any] | set[str]) -> str | None:
+        """The first node id on the ring from `key` that is in `allowed`."""
+        if not self._ids or not allowed:
+            return None
+        ids = self._ids
+        count = len(ids)
+        start = bisect.bisect(self._hashes, zlib.crc32(key.encode()))
+        for step in range(count):
+            node_id = ids[(start + step) % count]
+            if node_id in allowed:
+                return node_id
+        return None
 
 
-class RoundRobin:
-    """Each candidate in turn."""
+def resolve_alias(spec: AliasSpec, pnode: PoolNode) -> str | None:
+    """The name `pnode` knows an aliased model by, or None when it has none of them."""
+    if isinstance(spec, str):
+        names: Sequence[str] = (spec,)
+    elif isinstance(spec, Mapping):
+        kind = pnode.backend.name if pnode.backend else None
+        name = spec.get(pnode.id) or (spec.get(kind) if kind else None) or spec.get("*")
+        if name is None:
+            return None
+        names = (name,)
+    else:
+        names = spec
+    if pnode.models is None:
+        return names[0] if names else None
+    for name in names:
+        info = pnode.models.get(model_key(name))
+        if info is not None:
+            return info.name
+    return None
 
-    name = "round_robin"
 
-    def __init__(self) -> None:
-        self._next = 0
+class ModelIndex:
+    """Which node serves which model, by the name users write (and by alias)."""
 
-    def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
-        """Pick the next candidate in order of node id."""
-        ordered = sorted(candidates, key=lambda c: c.id)
-        node = ordered[self._next % len(ordered)]
-        self._next += 1
-        return Choice(node=node)
+    def __init__(self, nodes: Sequence[PoolNode], aliases: Mapping[str, AliasSpec], cluster: Mapping[str, ModelStats]) -> None:
+        self.by_key: dict[str, list[Target]] = {}
+        self.unknown = [p for p in nodes if p.models is None and p.backend is not None]
+        for pnode in nodes:
+            for key, info in (pnode.models or {}).items():
+                self.by_key.setdefault(key, []).append(Target(pnode, info.name, info, pnode.stats_for(key, cluster.get(key))))
+        for logical, spec in aliases.items():
+            lkey = model_key(logical)
+            have = {t.pnode.id for t in self.by_key.get(lkey, ())}
+            for pnode in nodes:
+                if pnode.id in have or pnode.backend is None:
+                    continue
+                local = resolve_alias(spec, pnode)
+                if local is None:
+                    continue
+                key = model_key(local)
+                found = pnode.models.get(key) if pnode.models is not None else None
+                target = Target(pnode, local, found, pnode.stats_for(key, cluster.get(key)))
+                self.by_key.setdefault(lkey, []).append(target)
+        # A random but fixed order, so sampling windows of big clusters are fair.
+        shuffler = random.Random(len(nodes))
+        for targets in self.by_key.values():
+            shuffler.shuffle(targets)
+
+    def models(self) -> list[str]:
+        """One name per model (aliases by their logical name)."""
+        names = {}
+        for key, targets in self.by_key.items():
+            names[key] = targets[0].name if targets[0].key == key else key.removesuffix(":latest")
+        return sorted(names.values())
 
 
-class Random:
-    """A uniformly random candidate."""
+class Router:
+    """Filters and picks; owns the model index and the hash ring."""
 
-    name = "random"
+    #: Above this many targets, only a sample of them is scored (policies with `sample`).
+    SCAN_LIMIT = 24
+    #: The size of each half of the sample: best-known nodes and a rotating window.
+    SAMPLE = 12
 
-    def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
-        """Pick any candidate."""
-        return Choice(node=rng.choice(list(candidates)))
+    def __init__(self, nodes: Sequence[PoolNode], policy: Policy, rng: random.Random, aliases: Mapping[str, AliasSpec] | None = None) -> None:
+        self.nodes = nodes
+        self.policy = policy
+        self.rng = rng
+        self.aliases = dict(aliases or {})
+        self.cluster: dict[str, ModelStats] = {}  # cluster-wide latency by model_key
+        self._index: ModelIndex | None = None
+        self._ring: HashRing | None = None
+        self._ranked: dict[str, tuple[float, list[Target]]] = {}
+        self._sampled = bool(getattr(policy, "sample", False))
+
+    def invalidate(self) -> None:
+        """Forget the index: an inventory changed."""
+        self._index = None
+        self._ranked.clear()
+
+    @property
+    def index(self) -> ModelIndex:
+        """The model index, rebuilt when an inventory changed."""
+        if self._index is None:
+            self._index = ModelIndex(self.nodes, self.aliases, self.cluster)
+        return self._index
+
+    @property
+    def ring(self) -> HashRing:
+        """The hash ring over every node."""
+        if self._ring is None or len(self._ring._ids) != HashRing.POINTS * len(self.nodes):
+            self._ring = HashRing([p.id for p in self.nodes])
+        return self._ring
+
+    def targets(self, request: Request) -> list[Target]:
+        """Every node that serves the request's model, ignoring health and load."""
+        key = model_key(request.model)
+        index = self.index
+        found = index.by_key.get(key)
+        if found:
+            return found
+        unknown = index.unknown
+        if not unknown:
+            return []
+        # Nodes whose inventory could not be read are a last resort, never preferred.
+        out = []
+        for pnode in unknown:
+            name = request.model
+            spec = self.aliases.get(request.model) or self.aliases.get(key)
+            if spec is not None:
+                name = resolve_alias(spec, pnode) or name
+            out.append(Target(pnode, name, None, pnode.stats_for(key, self.cluster.get(key))))
+        return out
+
+    def eligible(self, targets: Sequence[Target], request: Request, needs: frozenset[str], exclude: Sequence[str]) -> list[Target]:
+        """The targets that may take the request now: healthy, capable, not full, not tried."""
+        if self._sampled and len(targets) > self.SCAN_LIMIT:
+            sample = self._sample(targets)
+            found = self._filter(sample, request, needs, exclude)
+            if found:
+                return found
+        return self._filter(targets, request, needs, exclude)
+
+    def _filter(self, targets: Sequence[Target], request: Request, needs: frozenset[str], exclude: Sequence[str]) -> list[Target]:
+        operation = request.operation
+        simple = not needs and operation != "embed"
+        out = []
+        closed = CircuitState.CLOSED
+        for target in targets:
+            pnode = target.pnode
+            if pnode.limit is not None and pnode.in_flight + pnode.reserved >= pnode.limit:
+                continue
+            if not (pnode.up and pnode.breaker.state is closed) and not pnode.available():
+                continue
+            if simple:
+                if not target.generates or operation not in target.operations:
+                    continue
+            elif not target.serves(needs, operation):
+                continue
+            if exclude and pnode.id in exclude:
+                continue
+            out.append(target)
+        return out
+
+    def _sample(self, targets: Sequence[Target]) -> list[Target]:
+        key = targets[0].key
+        now = time.monotonic()
+        ranked = self._ranked.get(key)
+        if ranked is None or now - ranked[0] > 0.1:
+            tokens = self.cluster[key].tokens if key in self.cluster else 64.0
+            order = sorted(targets, key=lambda t: t.stats.service(tokens) + (t.pnode.load_cost.seconds if t.cold else 0.0))
+            ranked = (now, order[: self.SAMPLE])
+            self._ranked[key] = ranked
+        count = len(targets)
+        start = self.rng.randrange(count)
+        window = [targets[(start + i) % count] for i in range(self.SAMPLE)]
+        return ranked[1] + window
+
+    def possible(self, request: Request, needs: frozenset[str]) -> list[Target]:
+        """Targets that could serve the request if they were healthy and free."""
+        operation = request.operation
+        return [t for t in self.targets(request) if t.serves(needs, operation)]
+
+    def choose(self, targets: Sequence[Target], request: Request) -> tuple[Choice, Target]:
+        """Let the policy pick among `targets` (never empty)."""
+        candidates = Candidates(targets, targets[0].key, self)
+        choice = self.policy.choose(candidates, request, self.rng)
+        node = choice.node
+        for target in targets:
+            if target.pnode is node:
+                return choice, target
+        raise LookupError(f"policy {self.policy.name!r} picked {node.id}, which was not a candidate")
 
 
 def usable(pnode: PoolNode) -> bool:
     """True when a node may be sent requests now (down and auth-failed nodes may not)."""
-    return pnode.state in (NodeState.UP, NodeState.UNKNOWN)
+    return pnode.state in _USABLE
 
 
 def candidates_for(
@@ -188,5 +520,4 @@ def candidates_for(
             known.append(pnode)
         elif has is None:
             unknown.append(pnode)
-    # Nodes whose inventory could not be read are a last resort, never preferred.
     return known or unknown

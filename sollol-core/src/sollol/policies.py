@@ -1,0 +1,226 @@
+"""The built-in routing policies, registered by name through `sollol_register_policies`.
+
+Every policy gets the candidates the router let through (healthy, with the model and the
+capabilities the request needs, below their concurrency limit, not yet tried) and picks
+one, breaking ties at random, never by list order. `sollol` (the default) scores each
+candidate by the seconds it expects the request to take there: a cold model load, the
+learned service time, the wait behind requests already on the node, KV-cache pressure,
+minus a bonus for the node the prompt's prefix hashes to.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+from sollol.inference import Request
+from sollol.latency import DEFAULT_TOKENS
+from sollol.routing import Candidates, Choice, PoolNode, Target
+
+_EPSILON = 1e-9
+
+
+def _targets(candidates: Sequence[PoolNode]) -> list[Target] | None:
+    return candidates.targets if isinstance(candidates, Candidates) else None
+
+
+def _tokens(request: Request, candidates: Sequence[PoolNode]) -> float:
+    """Tokens the answer is expected to have: `num_predict` if set, else what the model usually says."""
+    limit = request.options.get("num_predict") if request.options else None
+    if isinstance(limit, int) and limit > 0:
+        return float(limit)
+    if isinstance(candidates, Candidates) and candidates.router is not None:
+        stats = candidates.router.cluster.get(candidates.key)
+        if stats is not None:
+            return stats.tokens
+    return DEFAULT_TOKENS
+
+
+class RoundRobin:
+    """Each candidate in turn."""
+
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
+        """The next candidate."""
+        node = candidates[self._next % len(candidates)]
+        self._next += 1
+        return Choice(node=node)
+
+
+class Random:
+    """A uniformly random candidate."""
+
+    name = "random"
+
+    def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
+        """Any candidate."""
+        return Choice(node=candidates[rng.randrange(len(candidates))])
+
+
+class LeastLoaded:
+    """Fewest requests on the node (this pool's, or the backend's own count if higher)."""
+
+    name = "least_loaded"
+
+    def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
+        """The least-loaded candidate."""
+        best = math.inf
+        tied: list[PoolNode] = []
+        for pnode in candidates:
+            load = pnode.load
+            if load < best:
+                best, tied = load, [pnode]
+            elif load == best:
+                tied.append(pnode)
+        node = tied[0] if len(tied) == 1 else rng.choice(tied)
+        return Choice(node=node, score=-best, parts=(("in_flight", float(best)),))
+
+
+class Latency:
+    """The lowest learned service time (time to first token plus per-token time) for the model."""
+
+    name = "latency"
+
+    def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
+        """The candidate expected to answer fastest, ignoring its queue."""
+        targets = _targets(candidates)
+        if targets is None:
+            return LeastLoaded().choose(candidates, request, rng)
+        tokens = _tokens(request, candidates)
+        best = math.inf
+        tied: list[Target] = []
+        for target in targets:
+            cost = target.stats.ttft + target.stats.per_token * tokens
+            if cost < best - _EPSILON:
+                best, tied = cost, [target]
+            elif cost <= best + _EPSILON:
+                tied.append(target)
+        pick = tied[0] if len(tied) == 1 else rng.choice(tied)
+        return Choice(node=pick.pnode, score=-best, parts=(("service", best),))
+
+
+class Affinity:
+    """The same prompt prefix to the same node: consistent hashing with bounded load.
+
+    The prompt's key (conversation start) is hashed onto a ring of nodes; the first node
+    on the ring whose load stays under `factor` times the average (plus one) takes it, so
+    a hot prefix spills to the next node instead of piling onto one.
+    """
+
+    name = "affinity"
+
+    def __init__(self, factor: float = 1.25) -> None:
+        self.factor = factor
+
+    def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
+        """The prefix's node, or the next one on the ring when it is overloaded."""
+        router = candidates.router if isinstance(candidates, Candidates) else None
+        key = request.prompt_key
+        if router is None or not key or len(candidates) == 1:
+            return LeastLoaded().choose(candidates, request, rng)
+        by_id = {p.id: p for p in candidates}
+        total = sum(p.load for p in candidates)
+        bound = math.ceil(self.factor * (total + 1) / len(candidates))
+        for hops, node_id in enumerate(router.ring.walk(key)):
+            pnode = by_id.get(node_id)
+            if pnode is not None and pnode.load < bound:
+                return Choice(node=pnode, score=-float(hops), parts=(("hops", float(hops)), ("load", float(pnode.load))))
+        return LeastLoaded().choose(candidates, request, rng)
+
+
+class Sollol:
+    """The default: expected seconds to finish the request on each node, lowest wins.
+
+    cost = cold load (when the node is known not to have the model in memory, more when
+    the model will not fit its free memory) + service time (learned per node and model)
+    + wait (service time times the requests ahead of it per parallel slot) + KV-cache
+    pressure (backends that report it) - affinity (part of the time to first token, on
+    the node the prompt prefix hashes to, while that node has a free slot).
+    """
+
+    name = "sollol"
+    sample = True  # the router may score a sample of very big clusters
+
+    def __init__(self, *, affinity: float = 0.5, spread: float = 0.05, cold: float = 1.0) -> None:
+        self.affinity = affinity
+        self.spread = spread
+        self.cold = cold
+
+    def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
+        """The candidate with the lowest expected time, ties at random."""
+        targets = _targets(candidates)
+        if targets is None:
+            return LeastLoaded().choose(candidates, request, rng)
+        tokens = _tokens(request, candidates)
+        owner = None
+        if self.affinity and len(targets) > 1 and isinstance(candidates, Candidates) and candidates.router is not None:
+            key = request.prompt_key
+            if key:
+                owner = candidates.router.ring.owner(key, {t.pnode.id for t in targets})
+        spread = self.spread
+        best = math.inf
+        tied: list[Target] = []
+        for target in targets:
+            pnode = target.pnode
+            stats = target.stats
+            service = stats.ttft + stats.per_token * tokens
+            load = pnode.in_flight + pnode.reserved
+            if pnode.reported_load > load:
+                load = pnode.reported_load
+            slots = pnode.slots
+            ahead = load + 1 - slots
+            cost = service * (1.0 + spread * load / slots + (ahead / slots if ahead > 0 else 0.0))
+            loaded = pnode.loaded_keys
+            if loaded is not None and target.key not in loaded:
+                cost += self._cold(target, service)
+            if pnode.kv_cache_usage is not None and pnode.kv_cache_usage > 0.9:
+                cost += service * (pnode.kv_cache_usage - 0.9) * 10.0
+            if owner is not None and pnode.id == owner and load < slots:
+                cost -= self.affinity * stats.ttft
+            if cost < best - _EPSILON:
+                best, tied = cost, [target]
+            elif cost <= best + _EPSILON:
+                tied.append(target)
+        pick = tied[0] if len(tied) == 1 else rng.choice(tied)
+        return Choice(node=pick.pnode, score=-best, parts=self.parts(pick, tokens, owner))
+
+    def _cold(self, target: Target, service: float) -> float:
+        pnode = target.pnode
+        cost = pnode.load_cost.seconds * self.cold
+        size = target.info.size if target.info is not None else None
+        activity = pnode.activity
+        if size and activity is not None and activity.vram_total:
+            free = activity.vram_total - (activity.vram_used or 0)
+            if size > activity.vram_total:
+                cost += 2.0 * service  # partly on the CPU: slower for the whole answer
+            elif size > free:
+                cost *= 1.5  # something must be evicted first
+        return cost
+
+    def parts(self, target: Target, tokens: float, owner: str | None) -> tuple[tuple[str, float], ...]:
+        """The score's parts for one target, for `Route.parts`."""
+        pnode = target.pnode
+        stats = target.stats
+        service = stats.ttft + stats.per_token * tokens
+        load = max(pnode.in_flight + pnode.reserved, pnode.reported_load)
+        slots = pnode.slots
+        ahead = load + 1 - slots
+        wait = service * (self.spread * load / slots + (ahead / slots if ahead > 0 else 0.0))
+        loaded = pnode.loaded_keys
+        cold = self._cold(target, service) if loaded is not None and target.key not in loaded else 0.0
+        kv = pnode.kv_cache_usage
+        pressure = service * (kv - 0.9) * 10.0 if kv is not None and kv > 0.9 else 0.0
+        bonus = self.affinity * stats.ttft if owner == pnode.id and load < slots else 0.0
+        return (
+            ("cold", cold),
+            ("service", service),
+            ("wait", wait),
+            ("kv", pressure),
+            ("affinity", -bonus),
+            ("load", float(load)),
+        )
