@@ -274,3 +274,57 @@ def cluster_nodes(servers: Any, *emulators: ToyEmulator, limits: Sequence[int | 
         if index < len(limits) and limits[index] is not None:
             spec["max_concurrency"] = limits[index]
         yield spec
+
+
+# -- observing the pool ----------------------------------------------------------------------------
+
+
+class Recorder:
+    """An activity observer that keeps every event and lets a test wait for one."""
+
+    __name__ = "recorder"
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self._changed: asyncio.Event | None = None
+
+    @hookimpl
+    def sollol_activity_event(self, event: Any) -> None:
+        self.events.append(event)
+        if self._changed is not None:
+            self._changed.set()
+
+    def kinds(self, kind: str) -> list[Any]:
+        return [e for e in self.events if e.kind == kind]
+
+    async def wait_for(self, check: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `check()` holds (re-checked on each event), failing after `timeout`."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not check():
+            self._changed.clear()
+            remaining = end - loop.time()
+            if remaining <= 0:
+                raise AssertionError("the condition did not hold in time")
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def wait_kind(self, kind: str, count: int = 1, timeout: float = 5.0) -> None:
+        await self.wait_for(lambda: len(self.kinds(kind)) >= count, timeout)
+
+
+def release(servers: Any, emulator: ToyEmulator) -> None:
+    """Open an emulator's gate from any thread (it lives on the servers' loop)."""
+    gate = emulator.gate
+    assert gate is not None
+    servers._loop.call_soon_threadsafe(gate.set)
+
+
+def gated(emulator: ToyEmulator) -> ToyEmulator:
+    """Make generations on `emulator` wait until `release` is called."""
+    emulator.gate = asyncio.Event()
+    return emulator
