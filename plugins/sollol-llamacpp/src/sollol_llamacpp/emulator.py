@@ -124,6 +124,9 @@ class LlamaCppEmulator(Emulator):
     ) -> None:
         if config is None and "models" not in settings:
             settings["models"] = [default_model()]
+        elif config is not None:  # settings beside a config refine it rather than vanish
+            for key, value in settings.items():
+                setattr(config, key, value)
         super().__init__(config, **settings)
         if not self.config.models:
             raise ValueError("llama-server serves exactly one model; configure one")
@@ -345,8 +348,8 @@ class LlamaCppEmulator(Emulator):
         return body, None
 
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """Hold one slot for a task; tasks beyond the slots wait (`requests_deferred`)."""
+    async def occupy(self) -> AsyncIterator[None]:
+        """Hold one slot for a task; tasks beyond the slots wait (`requests_deferred`). Tests hold slots to look busy."""
         gate = self.slots()
         self.deferred += 1
         try:
@@ -448,7 +451,7 @@ class LlamaCppEmulator(Emulator):
         head = {"created": created, "id": ident, "model": self.alias, "system_fingerprint": self.build_info, "object": "chat.completion.chunk"}
 
         if not body.get("stream"):
-            async with self._slot():
+            async with self.occupy():
                 for _ in tokens:
                     await self.pace()
             self._count(prompt_tokens, len(tokens))
@@ -480,7 +483,7 @@ class LlamaCppEmulator(Emulator):
             return sse({"choices": [{"finish_reason": finish_reason, "index": 0, "delta": delta}], **head})
 
         async def events() -> AsyncIterator[bytes]:
-            async with self._slot():
+            async with self.occupy():
                 yield chunk({"role": "assistant", "content": None})
                 pieces: list[dict[str, Any]] = []
                 if self.reasoning:
@@ -537,7 +540,7 @@ class LlamaCppEmulator(Emulator):
         ident, created = completion_id(), int(time.time())
         tail = {"created": created, "model": self.alias, "system_fingerprint": self.build_info, "object": "text_completion", "id": ident}
         if not body.get("stream"):
-            async with self._slot():
+            async with self.occupy():
                 for _ in tokens:
                     await self.pace()
             self._count(prompt_tokens, len(tokens))
@@ -560,7 +563,7 @@ class LlamaCppEmulator(Emulator):
         fault = request.fault
 
         async def events() -> AsyncIterator[bytes]:
-            async with self._slot():
+            async with self.occupy():
                 for index, token in enumerate(tokens):
                     if fault is not None and fault.kind in ("stream_error", "truncate") and index == fault.after:
                         if fault.kind == "stream_error":
@@ -608,7 +611,7 @@ class LlamaCppEmulator(Emulator):
             }
 
         if not body.get("stream"):
-            async with self._slot():
+            async with self.occupy():
                 for _ in tokens:
                     await self.pace()
             self._count(prompt_tokens, len(tokens))
@@ -621,7 +624,7 @@ class LlamaCppEmulator(Emulator):
         fault = request.fault
 
         async def events() -> AsyncIterator[bytes]:
-            async with self._slot():
+            async with self.occupy():
                 for index, token in enumerate(tokens):
                     if fault is not None and fault.kind in ("stream_error", "truncate") and index == fault.after:
                         if fault.kind == "stream_error":
@@ -655,7 +658,7 @@ class LlamaCppEmulator(Emulator):
             return problem
         if self.pooling == "none":
             return error(400, "Pooling type 'none' is not OAI compatible. Please use a different pooling type", "invalid_request_error")
-        async with self._slot():
+        async with self.occupy():
             await self.pace()
         dims = self.served_model.dimensions
         tokens = sum(self.prompt_tokens(t) for t in inputs)
@@ -675,7 +678,7 @@ class LlamaCppEmulator(Emulator):
         inputs, problem = self._embed_inputs(request, "content")
         if problem:
             return problem
-        async with self._slot():
+        async with self.occupy():
             await self.pace()
         dims = self.served_model.dimensions
         self._count(sum(self.prompt_tokens(t) for t in inputs), 0)
