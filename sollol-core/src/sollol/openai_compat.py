@@ -214,7 +214,10 @@ class OpenAIStream:
         """The final chunk; a stream cut off before its end is a `ProtocolError`."""
         chunks: list[Chunk] = []
         for event in self._events.close():
-            chunks += self._handle(event.data)
+            try:
+                chunks += self._handle(event.data)
+            except ValueError:  # an event cut off in the middle
+                raise ProtocolError(f"the stream ended inside an event: {event.data[:200]!r}") from None
         if not self._done:
             if self._finish is None:
                 raise ProtocolError("the stream ended before its final event")
