@@ -117,7 +117,9 @@ def generate_parameters(request: GenerateRequest, *, stream: bool) -> dict[str, 
             continue
         parameters[field] = value
     for key, value in request.params.items():
-        if key in GENERATE_PARAMETERS and not (key == "truncate" and not isinstance(value, int)):
+        if key == "truncate" and int_or_none(value) is None:
+            continue  # Ollama's `truncate` is a flag; TGI's is a token count
+        if key in GENERATE_PARAMETERS:
             parameters[key] = value
     temperature = _number(parameters.get("temperature"))
     if temperature is not None and temperature <= 0:
