@@ -7,14 +7,14 @@ from typing import Any
 
 import httpx
 import pytest
+
+import sollol_localai
 from sollol.detect import DetectedNode, detect_async
 from sollol.detection import NodeState, ProbeSet, probe_key
 from sollol.http import HttpRequest
 from sollol.plugins import Plugins
 from sollol.testing.emulator import EmulatedModel, Emulator, EmulatorConfig
 from sollol.transport import Transport
-
-import sollol_localai
 from sollol_localai.emulator import LocalAIEmulator
 
 URL = "http://127.0.0.1:8080"
@@ -36,12 +36,14 @@ def detect_app(app: Emulator, plugins: Plugins | None = None) -> DetectedNode:
 
 
 def localai(version: str = "v4.9.0 (82c191a)", **knobs: Any) -> LocalAIEmulator:
-    config = EmulatorConfig(models=[EmulatedModel(name="qwen2.5-7b-instruct")], version=version, api_key=knobs.pop("api_key", None))
+    config = EmulatorConfig(
+        models=[EmulatedModel(name="qwen2.5-7b-instruct")], version=version, api_key=knobs.pop("api_key", None)
+    )
     return LocalAIEmulator(config, **knobs)
 
 
 @pytest.mark.parametrize(
-    "app, confidence",
+    ("app", "confidence"),
     [
         pytest.param(localai(), 95, id="echo-4.9-well-known"),
         pytest.param(localai("v4.0.1 (abc)"), 90, id="echo-4.0-no-well-known"),
@@ -60,7 +62,8 @@ def test_detects_localai(app: LocalAIEmulator, confidence: int) -> None:
     assert found.version == app.config.version
     assert found.models == ("qwen2.5-7b-instruct",)
     claim = sollol_localai.detect_localai(probes_of(app))
-    assert claim is not None and claim.confidence == confidence
+    assert claim is not None
+    assert claim.confidence == confidence
 
 
 def test_starting_is_loading() -> None:
@@ -122,7 +125,9 @@ def test_rejects_the_other_canonical_servers(kind: str) -> None:
 def test_claims_the_canonical_localai() -> None:
     canonical = pytest.importorskip("sollol.testing.canonical")
     claim = sollol_localai.detect_localai(canonical.canonical_probes("localai", sollol_localai.PROBES))
-    assert claim is not None and claim.backend == "localai" and claim.confidence >= 90
+    assert claim is not None
+    assert claim.backend == "localai"
+    assert claim.confidence >= 90
 
 
 def test_generic_health_routes_alone_are_a_weak_claim() -> None:
@@ -137,7 +142,8 @@ def test_generic_health_routes_alone_are_a_weak_claim() -> None:
             return text_response("not found", 404)
 
     claim = sollol_localai.detect_localai(probes_of(Kube()))
-    assert claim is not None and claim.confidence < 50
+    assert claim is not None
+    assert claim.confidence < 50
 
 
 def test_llamacpp_header_is_never_localai() -> None:
@@ -151,7 +157,9 @@ def probes_of(app: Emulator, plugins: Plugins | None = None) -> ProbeSet:
     from sollol.detect import CORE_PROBES
 
     plugins = plugins or Plugins.load()
-    requests: dict[str, HttpRequest] = {probe_key(p): p for p in (*plugins.detection_probes(), *CORE_PROBES, *sollol_localai.PROBES)}
+    requests: dict[str, HttpRequest] = {
+        probe_key(p): p for p in (*plugins.detection_probes(), *CORE_PROBES, *sollol_localai.PROBES)
+    }
 
     async def go() -> ProbeSet:
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))

@@ -8,7 +8,6 @@ from sollol import hookimpl
 from sollol.codec import Backend
 from sollol.detection import Detection, NodeState, ProbeSet
 from sollol.http import HttpRequest, HttpResponse
-
 from sollol_localai.codec import ROUTE_NOT_FOUND, LocalAIBackend, error_fields
 
 __all__ = ["LocalAIBackend", "detect_localai"]
@@ -94,7 +93,11 @@ def detect_localai(probes: ProbeSet) -> Detection | None:
     if version is not None and " (" in version:
         traits.append(f"/version {version!r}")
     items = (models.json_object() or {}).get("data") if models.ok else None
-    if isinstance(items, list) and items and all(isinstance(i, Mapping) and "id" in i and "owned_by" not in i for i in items):
+    if (
+        isinstance(items, list)
+        and items
+        and all(isinstance(i, Mapping) and "id" in i and "owned_by" not in i for i in items)
+    ):
         traits.append("/v1/models entries without owned_by")
     for response in probes.responses.values():
         if response.status == 404 and error_fields(response.json_or_none())[0] == ROUTE_NOT_FOUND:
@@ -116,4 +119,6 @@ def detect_localai(probes: ProbeSet) -> Detection | None:
     names: tuple[str, ...] = ()
     if isinstance(items, list):
         names = tuple(str(i["id"]) for i in items if isinstance(i, Mapping) and i.get("id"))
-    return Detection(backend="localai", confidence=confidence, state=state, version=version, models=names, reason=reason)
+    return Detection(
+        backend="localai", confidence=confidence, state=state, version=version, models=names, reason=reason
+    )

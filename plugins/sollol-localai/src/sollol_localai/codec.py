@@ -43,6 +43,10 @@ def error_fields(body: Any) -> tuple[str | None, Any, str | None]:
     return (str(message) if message else None), err.get("code"), (str(kind) if kind else None)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def loaded_names(system: Any) -> list[str]:
     """Model ids from `/system` `loaded_models` (entries with or without `backend`)."""
     entries = system.get("loaded_models") if isinstance(system, Mapping) else None
@@ -59,7 +63,7 @@ class LocalAIBackend(OpenAICompatibleBackend):
     """LocalAI over its OpenAI routes, with `/readyz` for health and `/system` for activity."""
 
     name = "localai"
-    default_ports = (8080,)
+    default_ports: tuple[int, ...] = (8080,)
     health_path = "/readyz"
 
     def __init__(self) -> None:
@@ -92,18 +96,32 @@ class LocalAIBackend(OpenAICompatibleBackend):
         if not response.body.strip():
             hint = " (LocalAI with LOCALAI_OPAQUE_ERRORS=true sends errors without a body; see its log)"
             if status in (401, 403):
-                return AuthenticationError(f"LocalAI refused the request (HTTP {status}); set the node's api_key to a key from LOCALAI_API_KEY{hint}", status=status)
+                return AuthenticationError(
+                    f"LocalAI refused the request (HTTP {status}); "
+                    f"set the node's api_key to a key from LOCALAI_API_KEY{hint}",
+                    status=status,
+                )
             return error_for_status(status, f"HTTP {status} with an empty body{hint}")
         if message is None:
             return http_error(response)
         if status in (401, 403):
-            return AuthenticationError(f"{message}: LocalAI needs an API key; set the node's api_key (LOCALAI_API_KEY on the server)", status=status, error_type=kind, body=body)
+            return AuthenticationError(
+                f"{message}: LocalAI needs an API key; set the node's api_key (LOCALAI_API_KEY on the server)",
+                status=status,
+                error_type=kind,
+                body=body,
+            )
         if status == 503 or code == "model_loading":
             retry = response.header("retry-after")
             after = f"; retry after {retry} s" if retry else ""
             return UnavailableError(f"{message}{after}", status=status, error_type=kind, body=body)
         if status == 404 and message == ROUTE_NOT_FOUND:
-            return NotSupportedError("this LocalAI build has no such route (404 Resource not found)", status=status, error_type=kind, body=body)
+            return NotSupportedError(
+                "this LocalAI build has no such route (404 Resource not found)",
+                status=status,
+                error_type=kind,
+                body=body,
+            )
         return error_for_status(status, message, error_type=kind, body=body)
 
     # -- activity --------------------------------------------------------------------------
@@ -115,21 +133,23 @@ class LocalAIBackend(OpenAICompatibleBackend):
         serves one or more requests), `waiting` is unknown. Memory is what the monitors give.
         """
         system_answer = yield from fetch(HttpRequest.get("/system"))
-        if system_answer.status == 404:  # a LocalAI from before /system: nothing to read
-            return Activity()
+        if not system_answer.reached or system_answer.status == 404:
+            return Activity()  # unreachable, or a LocalAI from before /system: nothing known
         if not system_answer.ok:
             raise self.error(system_answer)
         system = system_answer.json_object() or {}
         names = loaded_names(system)
         monitors: Sequence[HttpResponse] = ()
         if names:
-            monitors = yield from fetch_all(*(HttpRequest.get("/backend/monitor", params=(("model", n),)) for n in names))
+            monitors = yield from fetch_all(
+                *(HttpRequest.get("/backend/monitor", params=(("model", n),)) for n in names)
+            )
         loaded: list[LoadedModel] = []
         raw_monitors: dict[str, Any] = {}
         busy = 0
         unknown = 0
         vram: int | None = None
-        for name, answer in zip(names, monitors):
+        for name, answer in zip(names, monitors, strict=True):
             data = answer.json_object() if answer.ok else None
             if data is None:
                 message, _, _ = error_fields(answer.json_or_none())
@@ -144,10 +164,9 @@ class LocalAIBackend(OpenAICompatibleBackend):
                 state = STATE_UNINITIALIZED
             if state == STATE_BUSY:
                 busy += 1
-            memory = data.get("memory") if isinstance(data.get("memory"), Mapping) else {}
+            memory = _mapping(data.get("memory"))
             total = int_or_none(memory.get("total"))
-            breakdown = memory.get("breakdown") if isinstance(memory.get("breakdown"), Mapping) else {}
-            gpu = int_or_none(breakdown.get("gpu"))
+            gpu = int_or_none(_mapping(memory.get("breakdown")).get("gpu"))
             if gpu is not None:
                 vram = (vram or 0) + gpu
             loaded.append(LoadedModel(name=name, size=total or None, size_vram=gpu))

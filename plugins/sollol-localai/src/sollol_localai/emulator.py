@@ -62,7 +62,9 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 def error(status: int, message: str, code: int | str | None = None, kind: str = "") -> EmuResponse:
     """LocalAI's error envelope; `type` is not omitempty, so it is often ""."""
-    return json_response({"error": {"code": status if code is None else code, "message": message, "type": kind}}, status, JSON)
+    return json_response(
+        {"error": {"code": status if code is None else code, "message": message, "type": kind}}, status, JSON
+    )
 
 
 def ollama_error(status: int, message: str) -> EmuResponse:
@@ -150,7 +152,10 @@ class LocalAIEmulator(Emulator):
         if request.path in OLLAMA_PATHS and not self.ollama_api:
             return await self._finish(request, await self.not_found(request))
         if request.path == "/" and not self.ollama_root:
-            return await self._finish(request, text_response("<!doctype html><html><body>LocalAI</body></html>", 200, "text/html; charset=utf-8"))
+            return await self._finish(
+                request,
+                text_response("<!doctype html><html><body>LocalAI</body></html>", 200, "text/html; charset=utf-8"),
+            )
         started = time.perf_counter()
         response = await super()._dispatch(request)
         self._calls.setdefault((request.method, request.path), []).append(time.perf_counter() - started)
@@ -207,7 +212,9 @@ class LocalAIEmulator(Emulator):
         if model is None or not model.loaded:
             return error(500, f"backend {name} is not currently loaded")
         state = 1 if self.busy.get(model.name) else 2
-        return json_response({"state": state, "memory": {"total": model.size, "breakdown": {"gpu": model.size}}}, 200, JSON)
+        return json_response(
+            {"state": state, "memory": {"total": model.size, "breakdown": {"gpu": model.size}}}, 200, JSON
+        )
 
     @route("GET", "/.well-known/localai.json")
     async def discovery(self, request: EmuRequest) -> EmuResponse:
@@ -220,7 +227,9 @@ class LocalAIEmulator(Emulator):
         if self.ollama_api:
             groups["ollama"] = sorted(OLLAMA_PATHS)
         endpoints = {path: path for paths in groups.values() for path in paths}
-        return json_response({"version": self.config.version, "endpoints": endpoints, "endpoint_groups": groups}, 200, JSON)
+        return json_response(
+            {"version": self.config.version, "endpoints": endpoints, "endpoint_groups": groups}, 200, JSON
+        )
 
     @route("GET", "/metrics")
     async def metrics(self, request: EmuRequest) -> EmuResponse:
@@ -235,12 +244,18 @@ class LocalAIEmulator(Emulator):
             lines.append(f'api_call_bucket{{{labels},le="+Inf"}} {len(seconds)}')
             lines.append(f"api_call_sum{{{labels}}} {sum(seconds):.9g}")
             lines.append(f"api_call_count{{{labels}}} {len(seconds)}")
-        lines += ["# HELP target_info Target metadata", "# TYPE target_info gauge", 'target_info{service_name="LocalAI"} 1']
+        lines += [
+            "# HELP target_info Target metadata",
+            "# TYPE target_info gauge",
+            'target_info{service_name="LocalAI"} 1',
+        ]
         return text_response("\n".join(lines) + "\n", 200, "text/plain; version=0.0.4; charset=utf-8")
 
     @route("GET", "/v1/models", "/models")
     async def models(self, request: EmuRequest) -> EmuResponse:
-        return json_response({"object": "list", "data": [{"id": m.name, "object": "model"} for m in self.config.models]}, 200, JSON)
+        return json_response(
+            {"object": "list", "data": [{"id": m.name, "object": "model"} for m in self.config.models]}, 200, JSON
+        )
 
     @route("GET", "/")
     async def root(self, request: EmuRequest) -> EmuResponse:
@@ -252,17 +267,24 @@ class LocalAIEmulator(Emulator):
         fail = ollama_error if ollama else error
         try:
             body = json.loads(request.body) if request.body else {}
-        except ValueError as exc:
-            return {}, fail(400, f"failed parsing request body: {exc.msg}")
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            return {}, fail(400, f"failed parsing request body: {detail}")
         if not isinstance(body, dict):
             return {}, fail(400, "failed parsing request body: expected an object")
         return body, None
 
-    def _pick(self, name: Any, embedding: bool, ollama: bool = False) -> tuple[EmulatedModel | None, EmuResponse | None]:
+    def _pick(
+        self, name: Any, embedding: bool, ollama: bool = False
+    ) -> tuple[EmulatedModel | None, EmuResponse | None]:
         if not name:
             found = next((m for m in self.config.models if m.embedding == embedding), None)
             if found is None:
-                return None, (ollama_error(400, "model is required") if ollama else error(400, "no model specified and no default model available", kind="invalid_request_error"))
+                return None, (
+                    ollama_error(400, "model is required")
+                    if ollama
+                    else error(400, "no model specified and no default model available", kind="invalid_request_error")
+                )
             return found, None
         model = self.model(str(name))
         if model is None:
@@ -316,7 +338,10 @@ class LocalAIEmulator(Emulator):
         messages = body.get("messages")
         if not isinstance(messages, list):
             return error(400, "messages is required", kind="invalid_request_error")
-        prompt = next((str(m.get("content", "")) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
+        prompt = next(
+            (str(m.get("content", "")) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
+            "",
+        )
         return await self._openai(request, body, model, prompt, "chat")
 
     @route("POST", "/v1/completions", "/completions")
@@ -333,7 +358,9 @@ class LocalAIEmulator(Emulator):
             prompt = " ".join(str(p) for p in prompt)
         return await self._openai(request, body, model, str(prompt), "completion")
 
-    async def _openai(self, request: EmuRequest, body: dict[str, Any], model: EmulatedModel, prompt: str, kind: str) -> EmuResponse:
+    async def _openai(
+        self, request: EmuRequest, body: dict[str, Any], model: EmulatedModel, prompt: str, kind: str
+    ) -> EmuResponse:
         limit = self._limit(body)
         tokens = self.reply_tokens(prompt, limit)
         finish = "length" if limit is not None and len(tokens) >= limit else "stop"
@@ -341,7 +368,11 @@ class LocalAIEmulator(Emulator):
         object_name = "chat.completion" if kind == "chat" else "text_completion"
         rid = str(uuid.uuid4())
         created = int(time.time())
-        usage = {"prompt_tokens": self.prompt_tokens(prompt), "completion_tokens": len(tokens), "total_tokens": self.prompt_tokens(prompt) + len(tokens)}
+        usage = {
+            "prompt_tokens": self.prompt_tokens(prompt),
+            "completion_tokens": len(tokens),
+            "total_tokens": self.prompt_tokens(prompt) + len(tokens),
+        }
         zero_usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
         def head(obj: str) -> dict[str, Any]:
@@ -362,7 +393,9 @@ class LocalAIEmulator(Emulator):
         chunk_object = "chat.completion.chunk" if kind == "chat" else "text_completion"
         fault = request.fault
 
-        def chunk(delta: dict[str, Any] | None, text: str | None, reason: str | None, final: bool = False) -> dict[str, Any]:
+        def chunk(
+            delta: dict[str, Any] | None, text: str | None, reason: str | None, final: bool = False
+        ) -> dict[str, Any]:
             choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
             if kind == "chat":
                 choice["delta"] = delta or {}
@@ -383,14 +416,31 @@ class LocalAIEmulator(Emulator):
                     for index, token in enumerate(tokens):
                         if fault is not None and fault.kind in ("stream_error", "truncate") and index == fault.after:
                             if fault.kind == "stream_error":
-                                yield sse({"error": {"code": "server_error", "message": fault.message, "type": "server_error"}})
+                                yield sse(
+                                    {
+                                        "error": {
+                                            "code": "server_error",
+                                            "message": fault.message,
+                                            "type": "server_error",
+                                        }
+                                    }
+                                )
                                 yield b"data: [DONE]\n\n"
                             return
                         await self.pace()
                         yield sse(chunk({"content": token}, token, None))
                     yield sse(chunk({}, "", finish, final=True))
                     if include_usage and not self.legacy_usage:
-                        yield sse({"id": rid, "created": created, "model": name, "object": chunk_object, "choices": [], "usage": usage})
+                        yield sse(
+                            {
+                                "id": rid,
+                                "created": created,
+                                "model": name,
+                                "object": chunk_object,
+                                "choices": [],
+                                "usage": usage,
+                            }
+                        )
                     yield b"data: [DONE]\n\n"
                 finally:
                     self._leave(model)
@@ -411,9 +461,19 @@ class LocalAIEmulator(Emulator):
         if not inputs:
             return error(400, "input is required", kind="invalid_request_error")
         await self._run(model, [])
-        data = [{"embedding": self.vector(str(text), model.dimensions), "index": i, "object": "embedding"} for i, text in enumerate(inputs)]
+        data = [
+            {"embedding": self.vector(str(text), model.dimensions), "index": i, "object": "embedding"}
+            for i, text in enumerate(inputs)
+        ]
         tokens = sum(self.prompt_tokens(str(t)) for t in inputs)
-        out = {"created": int(time.time()), "object": "list", "id": str(uuid.uuid4()), "model": str(body.get("model") or model.name), "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        out = {
+            "created": int(time.time()),
+            "object": "list",
+            "id": str(uuid.uuid4()),
+            "model": str(body.get("model") or model.name),
+            "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return json_response(out, 200, JSON)
 
     # -- Ollama-compatible routes (>= v4.2) --------------------------------------------------------
@@ -429,7 +489,13 @@ class LocalAIEmulator(Emulator):
             "model": tagged,
             "size": 0,
             "digest": "sha256:" + hashlib.sha256(model.name.encode()).hexdigest(),
-            "details": {"format": "gguf", "family": "llama-cpp", "families": ["llama-cpp"], "parameter_size": model.parameter_size, "quantization_level": model.quantization},
+            "details": {
+                "format": "gguf",
+                "family": "llama-cpp",
+                "families": ["llama-cpp"],
+                "parameter_size": model.parameter_size,
+                "quantization_level": model.quantization,
+            },
         }
 
     @route("GET", "/api/tags")
@@ -440,7 +506,9 @@ class LocalAIEmulator(Emulator):
     @route("GET", "/api/ps")
     async def ollama_ps(self, request: EmuRequest) -> EmuResponse:
         expires = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 86400)) + ".000000000Z"
-        entries = [{**self._ollama_entry(m), "size_vram": 0, "expires_at": expires} for m in self.config.models if m.loaded]
+        entries = [
+            {**self._ollama_entry(m), "size_vram": 0, "expires_at": expires} for m in self.config.models if m.loaded
+        ]
         return json_response({"models": entries or None}, 200, JSON)
 
     @route("POST", "/api/show")
@@ -482,11 +550,18 @@ class LocalAIEmulator(Emulator):
         chat = request.path == "/api/chat"
         if chat:
             messages = body.get("messages") or []
-            prompt = next((str(m.get("content", "")) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
+            prompt = next(
+                (
+                    str(m.get("content", ""))
+                    for m in reversed(messages)
+                    if isinstance(m, dict) and m.get("role") == "user"
+                ),
+                "",
+            )
         else:
             prompt = str(body.get("prompt", ""))
-        options = body.get("options") if isinstance(body.get("options"), dict) else {}
-        limit = options.get("num_predict")
+        options = body.get("options")
+        limit = options.get("num_predict") if isinstance(options, dict) else None
         tokens = self.reply_tokens(prompt, limit if isinstance(limit, int) else None)
         name = str(body["model"])
         started = time.perf_counter()
@@ -502,12 +577,20 @@ class LocalAIEmulator(Emulator):
             if reason:
                 out["done_reason"] = reason
             if counts:
-                out.update({"total_duration": int((time.perf_counter() - started) * 1e9) or 1, "prompt_eval_count": self.prompt_tokens(prompt), "eval_count": len(tokens)})
+                out.update(
+                    {
+                        "total_duration": int((time.perf_counter() - started) * 1e9) or 1,
+                        "prompt_eval_count": self.prompt_tokens(prompt),
+                        "eval_count": len(tokens),
+                    }
+                )
             return json.dumps(out, separators=(",", ":")).encode() + b"\n"
 
         if body.get("stream", True) is False:
             await self._run(model, tokens)
-            return EmuResponse(status=200, body=line("".join(tokens), True, "stop", counts=True).rstrip(b"\n"), content_type=JSON)
+            return EmuResponse(
+                status=200, body=line("".join(tokens), True, "stop", counts=True).rstrip(b"\n"), content_type=JSON
+            )
 
         async def lines() -> AsyncIterator[bytes]:
             async with self.slots():
@@ -542,7 +625,11 @@ class LocalAIEmulator(Emulator):
             return json_response({"embedding": self.vector(str(prompt), model.dimensions)}, 200, JSON)
         raw = body.get("input", [])
         inputs = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, list) else []
-        return json_response({"model": str(body.get("model")), "embeddings": [self.vector(str(t), model.dimensions) for t in inputs]}, 200, JSON)
+        return json_response(
+            {"model": str(body.get("model")), "embeddings": [self.vector(str(t), model.dimensions) for t in inputs]},
+            200,
+            JSON,
+        )
 
 
 def main() -> None:
@@ -550,10 +637,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--model", action="append", default=[], help="model name (repeatable); prefix 'embed:' for an embedding model")
+    parser.add_argument(
+        "--model", action="append", default=[], help="model name (repeatable); prefix 'embed:' for an embedding model"
+    )
     parser.add_argument("--version", default=DEFAULT_VERSION)
     parser.add_argument("--api-key", default=None)
-    parser.add_argument("--ollama-root", action="store_true", help="answer 'Ollama is running' at / (LOCALAI_OLLAMA_API_ROOT_ENDPOINT)")
+    parser.add_argument(
+        "--ollama-root", action="store_true", help="answer 'Ollama is running' at / (LOCALAI_OLLAMA_API_ROOT_ENDPOINT)"
+    )
     parser.add_argument("--token-delay", type=float, default=0.0)
     args = parser.parse_args()
     models = [EmulatedModel(name=m.removeprefix("embed:"), embedding=m.startswith("embed:")) for m in args.model] or [
@@ -562,9 +653,19 @@ def main() -> None:
     ]
     import uvicorn
 
-    config = EmulatorConfig(models=models, version=args.version, api_key=args.api_key, token_delay=args.token_delay, name=f"localai@{args.port}")
+    config = EmulatorConfig(
+        models=models,
+        version=args.version,
+        api_key=args.api_key,
+        token_delay=args.token_delay,
+        name=f"localai@{args.port}",
+    )
     app = LocalAIEmulator(config, ollama_root=args.ollama_root)
-    asyncio.run(uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, server_header=False, log_level="warning")).serve())
+    asyncio.run(
+        uvicorn.Server(
+            uvicorn.Config(app, host=args.host, port=args.port, server_header=False, log_level="warning")
+        ).serve()
+    )
 
 
 if __name__ == "__main__":
