@@ -17,9 +17,13 @@ from sollol_llamacpp.emulator import LlamaCppEmulator
 CHAT = {"model": "whatever", "messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 8}
 
 
-def call(app: LlamaCppEmulator, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def call(
+    app: LlamaCppEmulator, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
     async def go() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8080") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8080"
+        ) as client:
             content = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
             return await client.request(method, path, content=content, headers=headers)
 
@@ -37,7 +41,13 @@ def keys_of(data: Any) -> list[str]:
 
 def test_every_answer_carries_the_server_header():
     app = LlamaCppEmulator(metrics=False)
-    for method, path in [("GET", "/health"), ("GET", "/nope"), ("GET", "/metrics"), ("POST", "/v1/embeddings"), ("GET", "/")]:
+    for method, path in [
+        ("GET", "/health"),
+        ("GET", "/nope"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/embeddings"),
+        ("GET", "/"),
+    ]:
         assert call(app, method, path).headers["server"] == "llama.cpp", path
     app.loading = True
     assert call(app, "GET", "/health").headers["server"] == "llama.cpp"
@@ -83,7 +93,9 @@ def test_models_list_has_the_recorded_shape():
 
 
 def test_props_and_slots_have_the_recorded_fields():
-    app = LlamaCppEmulator(EmulatorConfig(models=[EmulatedModel(name="m", context_length=1024)], parallel=2), metrics=True)
+    app = LlamaCppEmulator(
+        EmulatorConfig(models=[EmulatedModel(name="m", context_length=1024)], parallel=2), metrics=True
+    )
     real = recorded("props").json_object()
     props = call(app, "GET", "/props").json()
     assert set(props) <= set(real)
@@ -95,7 +107,8 @@ def test_props_and_slots_have_the_recorded_fields():
 
 def test_metrics_need_the_flag():
     off = call(LlamaCppEmulator(), "GET", "/metrics")
-    assert off.status_code == 501 and off.json()["error"]["type"] == "not_supported_error"
+    assert off.status_code == 501
+    assert off.json()["error"]["type"] == "not_supported_error"
     on = call(LlamaCppEmulator(metrics=True), "GET", "/metrics")
     real = recorded("metrics")
     assert on.headers["content-type"] == real.header("content-type")
@@ -142,19 +155,32 @@ def test_chat_has_the_recorded_shape_and_ignores_the_model_name():
     assert keys_of(mine["usage"]) == keys_of(real["usage"])
     assert keys_of(mine["timings"]) == keys_of(real["timings"])
     assert mine["model"] == "gemma-3-270m"  # the alias, whatever the request named
-    assert mine["id"].startswith("chatcmpl-") and len(mine["id"]) == len(real["id"])
+    assert mine["id"].startswith("chatcmpl-")
+    assert len(mine["id"]) == len(real["id"])
 
 
 def test_chat_stream_has_the_recorded_event_shapes():
     real = [json.loads(e) if e != "[DONE]" else e for e in events_of_recording("chat_stream")]
-    answer = call(LlamaCppEmulator(), "POST", "/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    answer = call(
+        LlamaCppEmulator(),
+        "POST",
+        "/v1/chat/completions",
+        {**CHAT, "stream": True, "stream_options": {"include_usage": True}},
+    )
     assert answer.headers["content-type"] == "text/event-stream"
     mine = [json.loads(e) if e != "[DONE]" else e for e in events(answer)]
-    assert mine[-1] == "[DONE]" and real[-1] == "[DONE]"
-    assert keys_of(mine[0]) == keys_of(real[0]) and mine[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert mine[-1] == "[DONE]"
+    assert real[-1] == "[DONE]"
+    assert keys_of(mine[0]) == keys_of(real[0])
+    assert mine[0]["choices"][0]["delta"] == {
+        "role": "assistant",
+        "content": None,
+    }
     assert keys_of(mine[1]) == keys_of(real[1])
-    assert keys_of(mine[-3]) == keys_of(real[-3]) and mine[-3]["choices"][0]["delta"] == {}
-    assert keys_of(mine[-2]) == keys_of(real[-2]) and mine[-2]["choices"] == []
+    assert keys_of(mine[-3]) == keys_of(real[-3])
+    assert mine[-3]["choices"][0]["delta"] == {}
+    assert keys_of(mine[-2]) == keys_of(real[-2])
+    assert mine[-2]["choices"] == []
 
 
 def events_of_recording(name: str) -> list[str]:
@@ -168,7 +194,8 @@ def test_native_completion_stream_ends_without_done():
     real = [json.loads(e) for e in events_of_recording("completion_stream")]
     assert b"[DONE]" not in answer.content
     assert keys_of(mine[0]) == keys_of(real[0])
-    assert mine[-1]["stop"] is True and mine[-1]["stop_type"] == "limit"
+    assert mine[-1]["stop"] is True
+    assert mine[-1]["stop_type"] == "limit"
     assert set(mine[-1]) <= set(real[-1])
     assert len(mine) == 6
 
@@ -189,12 +216,19 @@ def test_embeddings_have_the_recorded_shape():
     native = call(LlamaCppEmulator(embeddings=True), "POST", "/embedding", {"content": "a"}).json()
     assert len(native[0]["embedding"]) == 1  # 2-D: one row once pooled
     unpooled = call(LlamaCppEmulator(embeddings=True, pooling="none"), "POST", "/v1/embeddings", {"input": "a"})
-    assert unpooled.status_code == 400 and "not OAI compatible" in unpooled.json()["error"]["message"]
+    assert unpooled.status_code == 400
+    assert "not OAI compatible" in unpooled.json()["error"]["message"]
 
 
 def test_loading_answers_503_on_every_route():
     app = LlamaCppEmulator(loading=True)
-    for method, path in [("GET", "/health"), ("GET", "/v1/models"), ("GET", "/props"), ("POST", "/v1/chat/completions"), ("GET", "/nope")]:
+    for method, path in [
+        ("GET", "/health"),
+        ("GET", "/v1/models"),
+        ("GET", "/props"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/nope"),
+    ]:
         answer = call(app, method, path, CHAT if method == "POST" else None)
         assert answer.status_code == 503, path
         assert answer.json() == {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
@@ -206,7 +240,8 @@ def test_loading_answers_503_on_every_route():
 def test_2025_builds_list_models_while_loading_and_serve_api_routes():
     app = LlamaCppEmulator(loading=True, api_2025=True)
     listed = call(app, "GET", "/api/tags")
-    assert listed.status_code == 200 and listed.json()["data"][0]["meta"] is None
+    assert listed.status_code == 200
+    assert listed.json()["data"][0]["meta"] is None
     app.loading = False
     chat = call(app, "POST", "/api/chat", CHAT).json()
     assert chat["object"] == "chat.completion"  # OpenAI, not Ollama's NDJSON
@@ -246,15 +281,17 @@ def test_a_later_error_ends_the_stream_without_done():
 
 def test_exceeding_the_context_is_a_400_with_the_sizes():
     app = LlamaCppEmulator(EmulatorConfig(models=[EmulatedModel(name="m", context_length=8)]))
-    answer = call(app, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "one two three four five"}]})
+    answer = call(
+        app, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "one two three four five"}]}
+    )
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["type"] == "exceed_context_size_error"
-    assert error["n_ctx"] == 8 and error["n_prompt_tokens"] > 8
+    assert error["n_ctx"] == 8
+    assert error["n_prompt_tokens"] > 8
 
 
 def test_reasoning_content():
     app = LlamaCppEmulator(reasoning="Let me think.")
     message = call(app, "POST", "/v1/chat/completions", CHAT).json()["choices"][0]["message"]
     assert message["reasoning_content"] == "Let me think."
-

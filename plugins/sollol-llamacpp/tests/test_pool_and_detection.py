@@ -29,7 +29,9 @@ def chat_node(**kw: object) -> LlamaCppEmulator:
 
 
 def embed_node() -> LlamaCppEmulator:
-    return LlamaCppEmulator(EmulatorConfig(models=[EmulatedModel(name="gemma-3-270m-embed", embedding=True, dimensions=16)]))
+    return LlamaCppEmulator(
+        EmulatorConfig(models=[EmulatedModel(name="gemma-3-270m-embed", embedding=True, dimensions=16)])
+    )
 
 
 # -- detection -------------------------------------------------------------------------------
@@ -37,7 +39,12 @@ def embed_node() -> LlamaCppEmulator:
 
 def test_detects_a_running_server(servers):
     found = detect(servers.start(chat_node()).url)
-    assert (found.backend, found.state, found.version, found.models) == ("llamacpp", NodeState.UP, "b0-unknown", ("gemma-3-270m",))
+    assert (found.backend, found.state, found.version, found.models) == (
+        "llamacpp",
+        NodeState.UP,
+        "b0-unknown",
+        ("gemma-3-270m",),
+    )
 
 
 def test_detects_a_loading_server(servers):
@@ -60,13 +67,17 @@ def test_a_server_wanting_a_key(servers):
 def test_old_builds_loading_shape_is_loading():
     loading = HttpResponse(status=503, headers=HEADER, body=b'{"status":"loading model"}')
     claim = sollol_detect(probes=ProbeSet({"GET /health": loading}))
-    assert claim is not None and claim.state is NodeState.LOADING
+    assert claim is not None
+    assert claim.state is NodeState.LOADING
 
 
 def test_owned_by_alone_is_enough_behind_a_proxy_that_drops_headers():
-    models = HttpResponse(status=200, body=b'{"object":"list","data":[{"id":"m","object":"model","owned_by":"llamacpp"}]}')
+    models = HttpResponse(
+        status=200, body=b'{"object":"list","data":[{"id":"m","object":"model","owned_by":"llamacpp"}]}'
+    )
     claim = sollol_detect(probes=ProbeSet({"GET /v1/models": models}))
-    assert claim is not None and claim.models == ("m",)
+    assert claim is not None
+    assert claim.models == ("m",)
 
 
 def test_a_server_without_any_llamacpp_sign_is_not_claimed():
@@ -82,14 +93,19 @@ def test_pool_over_a_chat_and_an_embedding_server(servers):
     with Pool([chat_url, embed_url], refresh_interval=0) as pool:
         assert pool.models() == ["gemma-3-270m", "gemma-3-270m-embed"]
         answer = pool.chat("gemma-3-270m", [{"role": "user", "content": "hi there"}], options={"num_predict": 4})
-        assert answer.text and answer.node is not None and answer.node.url == chat_url
+        assert answer.text
+        assert answer.node is not None
+        assert answer.node.url == chat_url
         chunks = list(pool.chat("gemma-3-270m", [{"role": "user", "content": "hi"}], stream=True))
-        assert chunks[-1].done and "".join(c.text for c in chunks)
+        assert chunks[-1].done
+        assert "".join(c.text for c in chunks)
         assert pool.generate("gemma-3-270m", "Once upon", options={"num_predict": 3}).done_reason == "length"
         assert list(pool.generate("gemma-3-270m", "Once", stream=True))[-1].done
         vectors = pool.embed("gemma-3-270m-embed", ["a", "b"])
-        assert len(vectors.embeddings) == 2 and len(vectors.embeddings[0]) == 16
-        assert vectors.node is not None and vectors.node.url == embed_url
+        assert len(vectors.embeddings) == 2
+        assert len(vectors.embeddings[0]) == 16
+        assert vectors.node is not None
+        assert vectors.node.url == embed_url
         nodes = {n["url"]: n for n in pool.nodes()}
         assert nodes[chat_url]["backend"] == "llamacpp"
 
@@ -121,7 +137,8 @@ def test_pool_fails_over_when_a_stream_fails_before_its_first_result(servers):
     with Pool(urls, refresh_interval=0, policy="round_robin") as pool:
         for _ in range(2):
             chunks = list(pool.chat("gemma-3-270m", [{"role": "user", "content": "hi"}], stream=True))
-            assert chunks[-1].done and chunks[-1].node.url == urls[1]  # type: ignore[union-attr]
+            assert chunks[-1].done
+            assert chunks[-1].node.url == urls[1]
 
 
 def test_an_error_after_the_first_chunks_interrupts_the_stream(servers):

@@ -14,7 +14,9 @@ from sollol_llamacpp import sollol_detect
 from sollol_llamacpp.codec import LlamaCppBackend, NativeCompletionStream
 
 BACKEND = LlamaCppBackend()
-CHAT = ChatRequest(model="gemma-3-270m", messages=[{"role": "user", "content": "Name a color."}], options={"num_predict": 8})
+CHAT = ChatRequest(
+    model="gemma-3-270m", messages=[{"role": "user", "content": "Name a color."}], options={"num_predict": 8}
+)
 
 
 def answer_with(routes: dict[str, str]):
@@ -31,7 +33,9 @@ def test_every_recording_carries_the_server_header_and_is_detected(name):
     response = recorded(name)
     assert response.header("server") == "llama.cpp"
     claim = sollol_detect(probes=ProbeSet({"GET /anything": response}))
-    assert claim is not None and claim.backend == "llamacpp" and claim.confidence == 100
+    assert claim is not None
+    assert claim.backend == "llamacpp"
+    assert claim.confidence == 100
 
 
 @pytest.mark.parametrize("name", names() or ["absent"])
@@ -49,11 +53,19 @@ def test_health_is_up():
 
 
 def test_detection_from_the_real_probe_answers():
-    probes = ProbeSet({"GET /health": recorded("health"), "GET /props": recorded("props"), "GET /v1/models": recorded("v1_models")})
+    probes = ProbeSet(
+        {"GET /health": recorded("health"), "GET /props": recorded("props"), "GET /v1/models": recorded("v1_models")}
+    )
     claim = sollol_detect(probes=probes)
     assert claim is not None
-    assert (claim.backend, claim.state, claim.version, claim.models) == ("llamacpp", NodeState.UP, "b0-unknown", ("gemma-3-270m",))
-    assert "Server: llama.cpp" in claim.reason and "default_generation_settings" in claim.reason
+    assert (claim.backend, claim.state, claim.version, claim.models) == (
+        "llamacpp",
+        NodeState.UP,
+        "b0-unknown",
+        ("gemma-3-270m",),
+    )
+    assert "Server: llama.cpp" in claim.reason
+    assert "default_generation_settings" in claim.reason
 
 
 def test_models_read_data_with_the_runtime_context_from_props():
@@ -67,7 +79,9 @@ def test_models_read_data_with_the_runtime_context_from_props():
 
 
 def test_activity_from_slots_props_and_metrics():
-    activity = run_offline(BACKEND.activity(), answer_with({"/slots": "slots", "/props": "props", "/metrics": "metrics"}))
+    activity = run_offline(
+        BACKEND.activity(), answer_with({"/slots": "slots", "/props": "props", "/metrics": "metrics"})
+    )
     assert (activity.running, activity.capacity, activity.waiting, activity.context_length) == (0, 2, 0, 1024)
     assert activity.loaded_names == frozenset({"gemma-3-270m"})
     assert activity.kv_cache_usage is None  # the metric was removed in 2025; never invented
@@ -76,7 +90,10 @@ def test_activity_from_slots_props_and_metrics():
 def test_activity_without_metrics_leaves_the_queue_unknown():
     def answer(request: HttpRequest) -> HttpResponse:
         if request.path == "/metrics":
-            body = b'{"error":{"code":501,"message":"This server does not support metrics endpoint. Start it with `--metrics`","type":"not_supported_error"}}'
+            body = (
+                b'{"error":{"code":501,"message":"This server does not support metrics endpoint. '
+                b'Start it with `--metrics`","type":"not_supported_error"}}'
+            )
             return HttpResponse(status=501, headers=(("Server", "llama.cpp"),), body=body)
         return recorded({"/slots": "slots", "/props": "props"}[request.path])
 
@@ -98,7 +115,8 @@ def test_chat_stream_in_small_pieces():
     chunks = list(iter_chunks(BACKEND.chat_stream(CHAT).decoder(), body, piece=5))
     assert "".join(c.text for c in chunks) == "Name a color.<|im"
     final = chunks[-1]
-    assert final.done and final.done_reason == "length"
+    assert final.done
+    assert final.done_reason == "length"
     assert final.usage is not None
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (27, 6)
     assert final.usage.total_duration == pytest.approx((22.991 + 64.205) / 1000)
@@ -116,7 +134,10 @@ def test_chat_stream_cut_before_its_end_is_an_error():
 
 
 def test_completions():
-    result = run_offline(BACKEND.generate(GenerateRequest(model="gemma-3-270m", prompt="The sky is")), answer_with({"/v1/completions": "completions"}))
+    result = run_offline(
+        BACKEND.generate(GenerateRequest(model="gemma-3-270m", prompt="The sky is")),
+        answer_with({"/v1/completions": "completions"}),
+    )
     assert result.text == " the limit for the "
     assert result.done_reason == "length"
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (4, 5)
@@ -126,9 +147,11 @@ def test_native_completion_stream_ends_without_done():
     chunks = list(iter_chunks(NativeCompletionStream(), recorded("completion_stream").body, piece=11))
     assert "".join(c.text for c in chunks) == " the limit for the "
     final = chunks[-1]
-    assert final.done and final.done_reason == "length"
+    assert final.done
+    assert final.done_reason == "length"
     assert final.model == "gemma-3-270m"
-    assert final.usage is not None and (final.usage.prompt_tokens, final.usage.completion_tokens) == (4, 5)
+    assert final.usage is not None
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (4, 5)
 
 
 def test_native_completion_stream_cut_off_is_an_error():

@@ -8,7 +8,6 @@ from sollol import hookimpl
 from sollol.codec import Backend
 from sollol.detection import Detection, NodeState, ProbeSet
 from sollol.http import HttpRequest, HttpResponse
-
 from sollol_llamacpp.codec import SERVER_HEADER, LlamaCppBackend
 
 __all__ = ["LlamaCppBackend"]

@@ -165,7 +165,7 @@ class LlamaCppBackend(OpenAICompatibleBackend):
     """llama.cpp's `llama-server` (single-model mode, and router mode's shared routes)."""
 
     name = "llamacpp"
-    default_ports = (8080,)
+    default_ports: tuple[int, ...] = (8080,)
     health_path = "/health"
 
     # -- health and errors ------------------------------------------------------------------
@@ -233,7 +233,9 @@ class LlamaCppBackend(OpenAICompatibleBackend):
         for key in ("n_ctx_train", "n_params", "n_embd", "n_vocab", "ftype"):
             if meta.get(key) is not None:
                 details[key] = meta[key]
-        return ModelInfo(name=str(entry["id"]), size=int_or_none(meta.get("size")), context_length=context, details=details)
+        return ModelInfo(
+            name=str(entry["id"]), size=int_or_none(meta.get("size")), context_length=context, details=details
+        )
 
     def models(self) -> Exchange[Sequence[ModelInfo]]:
         """`/v1/models` (OpenAI `data`, else the Ollama-style `models`) with `/props`'s context."""
@@ -290,7 +292,13 @@ class LlamaCppBackend(OpenAICompatibleBackend):
             if failed is not None:
                 raise self.error(failed)
         return Activity(
-            loaded=loaded, running=running, waiting=waiting, capacity=capacity, kv_cache_usage=kv, context_length=n_ctx, raw=raw
+            loaded=loaded,
+            running=running,
+            waiting=waiting,
+            capacity=capacity,
+            kv_cache_usage=kv,
+            context_length=n_ctx,
+            raw=raw,
         )
 
     # -- requests -----------------------------------------------------------------------------
@@ -332,7 +340,9 @@ class LlamaCppBackend(OpenAICompatibleBackend):
         limit = request.options.get("num_predict")
         if isinstance(limit, int):
             body["n_predict"] = limit
-        return StreamPlan(request=HttpRequest.post("/completion", json=body, stream=True), decoder=NativeCompletionStream)
+        return StreamPlan(
+            request=HttpRequest.post("/completion", json=body, stream=True), decoder=NativeCompletionStream
+        )
 
 
 def _with_message(error: BackendError, message: str) -> BackendError:
@@ -361,4 +371,3 @@ def _props_n_ctx(props: Mapping[str, Any] | None) -> int | None:
     if not isinstance(settings, Mapping):
         return None
     return int_or_none(settings.get("n_ctx")) or None
-

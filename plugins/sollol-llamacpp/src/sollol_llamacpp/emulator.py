@@ -49,6 +49,11 @@ PUBLIC_PATHS = frozenset({"/health", "/v1/health", "/models", "/v1/models", "/"}
 LOADING_EXEMPT_2025 = frozenset({"/models", "/v1/models", "/api/tags"})
 STREAM_HEADERS = (("X-Accel-Buffering", "no"),)
 SSE_END = b"data: [DONE]\n\n"
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}"
+    "{%- endfor -%}"
+)
 
 METRICS = (
     ("prompt_tokens_total", "counter", "Number of prompt tokens processed, excluding cached tokens"),
@@ -83,7 +88,9 @@ def completion_id() -> str:
 
 def default_model() -> EmulatedModel:
     """Gemma 3 270M as the real test server serves it."""
-    return EmulatedModel(name="gemma-3-270m", family="gemma3", parameter_size="270M", context_length=2048, dimensions=640, size=246587904)
+    return EmulatedModel(
+        name="gemma-3-270m", family="gemma3", parameter_size="270M", context_length=2048, dimensions=640, size=246587904
+    )
 
 
 class LlamaCppEmulator(Emulator):
@@ -206,7 +213,9 @@ class LlamaCppEmulator(Emulator):
 
     @route("GET", "/")
     async def root(self, request: EmuRequest) -> EmuResponse:
-        return text_response("<!doctype html><html><head><title>llama.cpp</title></head><body></body></html>", content_type="text/html")
+        return text_response(
+            "<!doctype html><html><head><title>llama.cpp</title></head><body></body></html>", content_type="text/html"
+        )
 
     @route("GET", "/health", "/v1/health")
     async def health(self, request: EmuRequest) -> EmuResponse:
@@ -218,7 +227,17 @@ class LlamaCppEmulator(Emulator):
         return json_response(
             {
                 "default_generation_settings": {
-                    "params": {"seed": 4294967295, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "max_tokens": -1, "n_predict": -1, "n_keep": 0, "stream": False},
+                    "params": {
+                        "seed": 4294967295,
+                        "temperature": 0.8,
+                        "top_k": 40,
+                        "top_p": 0.95,
+                        "min_p": 0.05,
+                        "max_tokens": -1,
+                        "n_predict": -1,
+                        "n_keep": 0,
+                        "stream": False,
+                    },
                     "n_ctx": model.context_length,
                 },
                 "total_slots": self.n_slots,
@@ -230,7 +249,7 @@ class LlamaCppEmulator(Emulator):
                 "endpoint_props": False,
                 "endpoint_metrics": self.metrics,
                 "ui": True,
-                "chat_template": "{%- for message in messages -%}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}{%- endfor -%}",
+                "chat_template": CHAT_TEMPLATE,
                 "bos_token": "<bos>",
                 "eos_token": "<eos>",
                 "build_info": self.build_info,
@@ -245,7 +264,12 @@ class LlamaCppEmulator(Emulator):
             return error(503, "no slot available", "unavailable_error")
         slots: list[dict[str, Any]] = []
         for index in range(self.n_slots):
-            slot: dict[str, Any] = {"id": index, "n_ctx": self.served_model.context_length, "speculative": False, "is_processing": index < busy}
+            slot: dict[str, Any] = {
+                "id": index,
+                "n_ctx": self.served_model.context_length,
+                "speculative": False,
+                "is_processing": index < busy,
+            }
             if index < busy:
                 slot["id_task"] = self.task_ids - index
             slots.append(slot)
@@ -254,16 +278,24 @@ class LlamaCppEmulator(Emulator):
     @route("GET", "/metrics")
     async def metrics_route(self, request: EmuRequest) -> EmuResponse:
         if not self.metrics:
-            return error(501, "This server does not support metrics endpoint. Start it with `--metrics`", "not_supported_error")
+            return error(
+                501, "This server does not support metrics endpoint. Start it with `--metrics`", "not_supported_error"
+            )
         values: dict[str, float] = {name: 0 for name, _, _ in METRICS}
         values.update(self.counters)
         values["requests_processing"] = min(self.in_flight, self.n_slots)
         values["requests_deferred"] = self.deferred
         lines = []
         for name, kind, text in METRICS:
-            lines += [f"# HELP llamacpp:{name} {text}", f"# TYPE llamacpp:{name} {kind}", f"llamacpp:{name} {values[name]:g}"]
+            lines += [
+                f"# HELP llamacpp:{name} {text}",
+                f"# TYPE llamacpp:{name} {kind}",
+                f"llamacpp:{name} {values[name]:g}",
+            ]
         body = ("\n".join(lines) + "\n").encode()
-        return EmuResponse(body=body, content_type=METRICS_TYPE, headers=[("Process-Start-Time-Unix", str(self.started_at))])
+        return EmuResponse(
+            body=body, content_type=METRICS_TYPE, headers=[("Process-Start-Time-Unix", str(self.started_at))]
+        )
 
     @route("GET", "/models", "/v1/models")
     async def models(self, request: EmuRequest) -> EmuResponse:
@@ -285,17 +317,37 @@ class LlamaCppEmulator(Emulator):
             {
                 "models": [
                     {
-                        "name": self.alias, "model": self.alias, "modified_at": "", "size": "", "digest": "", "type": "model",
-                        "description": "", "tags": [""], "capabilities": caps, "parameters": "",
-                        "details": {"parent_model": "", "format": "gguf", "family": "", "families": [""], "parameter_size": "", "quantization_level": ""},
+                        "name": self.alias,
+                        "model": self.alias,
+                        "modified_at": "",
+                        "size": "",
+                        "digest": "",
+                        "type": "model",
+                        "description": "",
+                        "tags": [""],
+                        "capabilities": caps,
+                        "parameters": "",
+                        "details": {
+                            "parent_model": "",
+                            "format": "gguf",
+                            "family": "",
+                            "families": [""],
+                            "parameter_size": "",
+                            "quantization_level": "",
+                        },
                     }
                 ],
                 "object": "list",
                 "data": [
                     {
-                        "id": self.alias, "aliases": [self.alias], "tags": [], "object": "model",
+                        "id": self.alias,
+                        "aliases": [self.alias],
+                        "tags": [],
+                        "object": "model",
                         "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
-                        "created": self.started_at, "owned_by": "llamacpp", "meta": meta,
+                        "created": self.started_at,
+                        "owned_by": "llamacpp",
+                        "meta": meta,
                     }
                 ],
             }
@@ -326,7 +378,14 @@ class LlamaCppEmulator(Emulator):
                 "model_info": {"llama.context_length": self.served_model.context_length},
                 "modelfile": "",
                 "parameters": "",
-                "details": {"parent_model": "", "format": "gguf", "family": "", "families": [""], "parameter_size": "", "quantization_level": ""},
+                "details": {
+                    "parent_model": "",
+                    "format": "gguf",
+                    "family": "",
+                    "families": [""],
+                    "parameter_size": "",
+                    "quantization_level": "",
+                },
                 "capabilities": ["completion"],
             }
         )
@@ -340,7 +399,8 @@ class LlamaCppEmulator(Emulator):
             column = getattr(exc, "colno", 1)
             return {}, error(
                 400,
-                f"[json.exception.parse_error.101] parse error at line 1, column {column}: syntax error while parsing value",
+                f"[json.exception.parse_error.101] parse error at line 1, column {column}: "
+                "syntax error while parsing value",
                 "invalid_request_error",
             )
         if not isinstance(body, dict):
@@ -349,7 +409,7 @@ class LlamaCppEmulator(Emulator):
 
     @asynccontextmanager
     async def occupy(self) -> AsyncIterator[None]:
-        """Hold one slot for a task; tasks beyond the slots wait (`requests_deferred`). Tests hold slots to look busy."""
+        """Hold a slot for one task; tasks beyond the slots wait (`requests_deferred`). Tests use it to look busy."""
         gate = self.slots()
         self.deferred += 1
         try:
@@ -386,7 +446,12 @@ class LlamaCppEmulator(Emulator):
 
     @staticmethod
     def _usage(prompt_tokens: int, tokens: int) -> dict[str, Any]:
-        return {"completion_tokens": tokens, "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + tokens, "prompt_tokens_details": {"cached_tokens": 0}}
+        return {
+            "completion_tokens": tokens,
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
 
     @staticmethod
     def _limit(body: dict[str, Any]) -> int | None:
@@ -428,13 +493,15 @@ class LlamaCppEmulator(Emulator):
         if not isinstance(messages, list):
             return error(400, "Expected 'messages' to be an array", "invalid_request_error")
         prompt = ""
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
+        for turn in messages:
+            content = turn.get("content") if isinstance(turn, dict) else None
             if isinstance(content, list):
                 content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            if isinstance(message, dict) and message.get("role") == "user":
+            if isinstance(turn, dict) and turn.get("role") == "user":
                 prompt = str(content or "")
-        prompt_tokens = sum(self.prompt_tokens(str(m.get("content") or "")) + 4 for m in messages if isinstance(m, dict)) or 1
+        prompt_tokens = (
+            sum(self.prompt_tokens(str(m.get("content") or "")) + 4 for m in messages if isinstance(m, dict)) or 1
+        )
         too_long = self._too_long(prompt_tokens)
         if too_long:
             return too_long
@@ -442,13 +509,23 @@ class LlamaCppEmulator(Emulator):
         tokens = self.reply_tokens(prompt, limit)
         finish = "length" if limit is not None and len(tokens) >= limit else "stop"
         tools = body.get("tools")
-        call = None
+        call: dict[str, Any] | None = None
         if isinstance(tools, list) and tools and isinstance(tools[0], dict):
             name = (tools[0].get("function") or {}).get("name", "tool")
-            call = {"type": "function", "function": {"name": name, "arguments": json.dumps({"query": prompt})}, "id": "call_" + completion_id()[9:25]}
+            call = {
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps({"query": prompt})},
+                "id": "call_" + completion_id()[9:25],
+            }
             finish = "tool_calls"
         ident, created = completion_id(), int(time.time())
-        head = {"created": created, "id": ident, "model": self.alias, "system_fingerprint": self.build_info, "object": "chat.completion.chunk"}
+        head = {
+            "created": created,
+            "id": ident,
+            "model": self.alias,
+            "system_fingerprint": self.build_info,
+            "object": "chat.completion.chunk",
+        }
 
         if not body.get("stream"):
             async with self.occupy():
@@ -489,8 +566,21 @@ class LlamaCppEmulator(Emulator):
                 if self.reasoning:
                     pieces.append({"reasoning_content": self.reasoning})
                 if call:
-                    pieces.append({"tool_calls": [{"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}]})
-                    pieces.append({"tool_calls": [{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]})
+                    pieces.append(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": call["id"],
+                                    "type": "function",
+                                    "function": {"name": call["function"]["name"], "arguments": ""},
+                                }
+                            ]
+                        }
+                    )
+                    pieces.append(
+                        {"tool_calls": [{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]}
+                    )
                 else:
                     pieces += [{"content": t} for t in tokens]
                 for index, delta in enumerate(pieces):
@@ -517,7 +607,7 @@ class LlamaCppEmulator(Emulator):
     def _prompt(self, body: dict[str, Any]) -> tuple[str, EmuResponse | None]:
         prompt = body.get("prompt")
         if prompt is None:
-            return "", error(400, "\"prompt\" must be provided", "invalid_request_error")
+            return "", error(400, '"prompt" must be provided', "invalid_request_error")
         if isinstance(prompt, list):
             prompt = " ".join(str(p) for p in prompt)
         return str(prompt), None
@@ -538,7 +628,13 @@ class LlamaCppEmulator(Emulator):
         tokens = self.reply_tokens(prompt, limit)
         finish = "length" if limit is not None and len(tokens) >= limit else "stop"
         ident, created = completion_id(), int(time.time())
-        tail = {"created": created, "model": self.alias, "system_fingerprint": self.build_info, "object": "text_completion", "id": ident}
+        tail = {
+            "created": created,
+            "model": self.alias,
+            "system_fingerprint": self.build_info,
+            "object": "text_completion",
+            "id": ident,
+        }
         if not body.get("stream"):
             async with self.occupy():
                 for _ in tokens:
@@ -570,10 +666,15 @@ class LlamaCppEmulator(Emulator):
                             yield sse({"error": {"code": 500, "message": fault.message, "type": "server_error"}})
                         return
                     await self.pace()
-                    yield sse({"choices": [{"text": token, "index": 0, "logprobs": None, "finish_reason": None}], **tail})
+                    yield sse(
+                        {"choices": [{"text": token, "index": 0, "logprobs": None, "finish_reason": None}], **tail}
+                    )
             self._count(prompt_tokens, len(tokens))
             timings = self._timings(prompt_tokens, len(tokens))
-            final: dict[str, Any] = {"choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": finish}], **tail}
+            final: dict[str, Any] = {
+                "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": finish}],
+                **tail,
+            }
             if not include_usage:
                 final["timings"] = timings
             yield sse(final)
@@ -602,11 +703,24 @@ class LlamaCppEmulator(Emulator):
 
         def final(slot: int) -> dict[str, Any]:
             return {
-                "index": 0, "content": "", "tokens": [], "id_slot": slot, "stop": True, "model": self.alias,
-                "tokens_predicted": len(tokens), "tokens_evaluated": prompt_tokens,
-                "generation_settings": {"n_predict": -1 if limit is None else limit, "stream": bool(body.get("stream"))},
-                "prompt": "<bos>" + prompt, "has_new_line": False, "truncated": False, "stop_type": stop_type,
-                "stopping_word": "", "tokens_cached": prompt_tokens + len(tokens),
+                "index": 0,
+                "content": "",
+                "tokens": [],
+                "id_slot": slot,
+                "stop": True,
+                "model": self.alias,
+                "tokens_predicted": len(tokens),
+                "tokens_evaluated": prompt_tokens,
+                "generation_settings": {
+                    "n_predict": -1 if limit is None else limit,
+                    "stream": bool(body.get("stream")),
+                },
+                "prompt": "<bos>" + prompt,
+                "has_new_line": False,
+                "truncated": False,
+                "stop_type": stop_type,
+                "stopping_word": "",
+                "tokens_cached": prompt_tokens + len(tokens),
                 "timings": self._timings(prompt_tokens, len(tokens)),
             }
 
@@ -631,7 +745,15 @@ class LlamaCppEmulator(Emulator):
                             yield sse({"error": {"code": 500, "message": fault.message, "type": "server_error"}})
                         return
                     await self.pace()
-                    piece = {"index": 0, "content": token, "tokens": [1000 + index], "stop": False, "id_slot": -1, "tokens_predicted": index + 1, "tokens_evaluated": prompt_tokens}
+                    piece = {
+                        "index": 0,
+                        "content": token,
+                        "tokens": [1000 + index],
+                        "stop": False,
+                        "id_slot": -1,
+                        "tokens_predicted": index + 1,
+                        "tokens_evaluated": prompt_tokens,
+                    }
                     yield sse(piece)
             self._count(prompt_tokens, len(tokens))
             yield sse(final(0))
@@ -642,13 +764,15 @@ class LlamaCppEmulator(Emulator):
 
     def _embed_inputs(self, request: EmuRequest, key: str) -> tuple[list[str], EmuResponse | None]:
         if not self.embeddings:
-            return [], error(501, "This server does not support embeddings. Start it with `--embeddings`", "not_supported_error")
+            return [], error(
+                501, "This server does not support embeddings. Start it with `--embeddings`", "not_supported_error"
+            )
         body, problem = self._body(request)
         if problem:
             return [], problem
         raw = body.get(key, body.get("content"))
         if raw is None:
-            return [], error(400, f"\"{key}\" must be provided", "invalid_request_error")
+            return [], error(400, f'"{key}" must be provided', "invalid_request_error")
         return ([raw] if isinstance(raw, str) else [str(r) for r in raw]), None
 
     @route("POST", "/v1/embeddings")
@@ -657,7 +781,11 @@ class LlamaCppEmulator(Emulator):
         if problem:
             return problem
         if self.pooling == "none":
-            return error(400, "Pooling type 'none' is not OAI compatible. Please use a different pooling type", "invalid_request_error")
+            return error(
+                400,
+                "Pooling type 'none' is not OAI compatible. Please use a different pooling type",
+                "invalid_request_error",
+            )
         async with self.occupy():
             await self.pace()
         dims = self.served_model.dimensions
@@ -668,7 +796,9 @@ class LlamaCppEmulator(Emulator):
                 "model": self.alias,
                 "object": "list",
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                "data": [{"embedding": self.vector(t, dims), "index": i, "object": "embedding"} for i, t in enumerate(inputs)],
+                "data": [
+                    {"embedding": self.vector(t, dims), "index": i, "object": "embedding"} for i, t in enumerate(inputs)
+                ],
             }
         )
 
@@ -691,7 +821,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--alias", default="gemma-3-270m", help="the model name the server lists and answers under")
-    parser.add_argument("--embeddings", action="store_true", help="serve /v1/embeddings, as `llama-server --embeddings`")
+    parser.add_argument(
+        "--embeddings", action="store_true", help="serve /v1/embeddings, as `llama-server --embeddings`"
+    )
     parser.add_argument("--metrics", action="store_true", help="serve /metrics, as `llama-server --metrics`")
     parser.add_argument("-np", "--parallel", type=int, default=4, help="slots")
     parser.add_argument("-c", "--ctx-size", type=int, default=2048, help="context per slot")
@@ -701,9 +833,15 @@ def main() -> None:
     model.name, model.context_length, model.embedding = args.alias, args.ctx_size, args.embeddings
     import uvicorn
 
-    config = EmulatorConfig(models=[model], parallel=args.parallel, token_delay=args.token_delay, name=f"llamacpp@{args.port}")
+    config = EmulatorConfig(
+        models=[model], parallel=args.parallel, token_delay=args.token_delay, name=f"llamacpp@{args.port}"
+    )
     app = LlamaCppEmulator(config, metrics=args.metrics, embeddings=args.embeddings)
-    asyncio.run(uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, server_header=False, log_level="warning")).serve())
+    asyncio.run(
+        uvicorn.Server(
+            uvicorn.Config(app, host=args.host, port=args.port, server_header=False, log_level="warning")
+        ).serve()
+    )
 
 
 if __name__ == "__main__":
