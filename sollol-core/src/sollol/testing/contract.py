@@ -39,11 +39,14 @@ and the reasons are listed in pytest's terminal summary.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, cast
 
 import attrs
+import httpx
 import pluggy
 import pytest
 
@@ -70,6 +73,7 @@ from sollol.plugins import PluginInfo, Plugins
 from sollol.testing.canonical import CANONICAL_KINDS, canonical_probes
 from sollol.testing.emulator import EmulatedModel, EmulatorConfig, Fault
 from sollol.testing.servers import LoopbackServers
+from sollol.transport import Timeouts, Transport
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -168,6 +172,12 @@ async def read_stream(transport: Any, node: Node, backend: Backend, plan: Stream
     return chunks
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Building one costs ~0.1 s; each test gets a fresh client (a fresh event loop), not a fresh context.
+    return ssl.create_default_context()
+
+
 class BackendContract:
     """Subclass as `Test<Name>Contract`; set `plugin`, `backend`, and `emulator` or `contract_target`."""
 
@@ -262,10 +272,11 @@ class BackendContract:
 
     def run(self, make: Callable[[Any], Awaitable[T]]) -> T:
         """Run `make(transport)` on a fresh event loop with a fresh `Transport`."""
-        from sollol.transport import Timeouts, Transport
 
         async def main() -> T:
-            transport = Transport(timeouts=Timeouts(connect=5.0, read=self.read_timeout))
+            timeouts = Timeouts(connect=5.0, read=self.read_timeout)
+            client = httpx.AsyncClient(timeout=timeouts.httpx(), verify=_ssl_context(), trust_env=False)
+            transport = Transport(timeouts=timeouts, client=client)
             try:
                 return await make(transport)
             finally:
