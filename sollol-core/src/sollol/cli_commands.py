@@ -4,4 +4,8 @@ Each feature module registers its commands with `sollol.cli.command`; list them 
 """
 
 from __future__ import annotations
-from sollol import cli_discovery  # noqa: F401  (sollol detect, sollol discover)
+
+from sollol import (
+    cli_discovery,  # noqa: F401  (sollol detect, sollol discover)
+    cli_serve,  # noqa: F401  (sollol serve)
+)
