@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from sollol.codec import iter_chunks
 from sollol.detection import NodeState
 from sollol.errors import (
@@ -41,10 +42,23 @@ def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     if finish:
         choice["stop_reason"] = None
-    return {"id": "chatcmpl-8b2b", "object": "chat.completion.chunk", "created": 1772423572, "model": "qwen3_8b", "choices": [choice]}
+    return {
+        "id": "chatcmpl-8b2b",
+        "object": "chat.completion.chunk",
+        "created": 1772423572,
+        "model": "qwen3_8b",
+        "choices": [choice],
+    }
 
 
-USAGE = {"id": "chatcmpl-8b2b", "object": "chat.completion.chunk", "created": 1772423572, "model": "qwen3_8b", "choices": [], "usage": {"prompt_tokens": 20, "total_tokens": 30, "completion_tokens": 10}}
+USAGE = {
+    "id": "chatcmpl-8b2b",
+    "object": "chat.completion.chunk",
+    "created": 1772423572,
+    "model": "qwen3_8b",
+    "choices": [],
+    "usage": {"prompt_tokens": 20, "total_tokens": 30, "completion_tokens": 10},
+}
 CHAT_STREAM = sse(
     chunk({"role": "assistant", "content": ""}),
     chunk({"content": " Hello"}),
@@ -60,7 +74,11 @@ def chat_request(**params: Any) -> ChatRequest:
 
 
 def decode(body: bytes, kind: str = "chat") -> list[Any]:
-    plan = backend.chat_stream(chat_request()) if kind == "chat" else backend.generate_stream(GenerateRequest(model=MODEL, prompt="Hi"))
+    plan = (
+        backend.chat_stream(chat_request())
+        if kind == "chat"
+        else backend.generate_stream(GenerateRequest(model=MODEL, prompt="Hi"))
+    )
     return list(iter_chunks(plan.decoder(), body, piece=7))
 
 
@@ -79,7 +97,12 @@ def test_chat_stream_with_role_chunk_usage_chunk_and_done() -> None:
 
 
 def test_chat_stream_without_usage_chunk_has_unknown_usage() -> None:
-    body = sse(chunk({"role": "assistant", "content": ""}), chunk({"content": "Hi"}), chunk({"content": ""}, "length"), "[DONE]")
+    body = sse(
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Hi"}),
+        chunk({"content": ""}, "length"),
+        "[DONE]",
+    )
     chunks = decode(body)
     assert chunks[-1].done_reason == "length"
     assert chunks[-1].usage is not None
@@ -88,7 +111,13 @@ def test_chat_stream_without_usage_chunk_has_unknown_usage() -> None:
 
 @pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
 def test_stream_reasoning_under_either_name(field: str) -> None:
-    body = sse(chunk({"role": "assistant", "content": ""}), chunk({field: "Let me think."}), chunk({"content": "Hi"}), chunk({"content": ""}, "stop"), "[DONE]")
+    body = sse(
+        chunk({"role": "assistant", "content": ""}),
+        chunk({field: "Let me think."}),
+        chunk({"content": "Hi"}),
+        chunk({"content": ""}, "stop"),
+        "[DONE]",
+    )
     chunks = decode(body)
     assert "".join(c.thinking or "" for c in chunks) == "Let me think."
     assert "".join(c.text for c in chunks) == "Hi"
@@ -104,7 +133,13 @@ def test_nested_error_inside_stream() -> None:
 
 
 def test_flat_error_inside_stream_of_old_versions() -> None:
-    error = {"object": "error", "message": "Engine loop has died", "type": "BadRequestError", "param": None, "code": 400}
+    error = {
+        "object": "error",
+        "message": "Engine loop has died",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
     body = sse(chunk({"role": "assistant", "content": ""}), chunk({"content": "Hi"}), error, "[DONE]")
     with pytest.raises(StreamError) as caught:
         decode(body)
@@ -126,9 +161,22 @@ def test_stream_cut_off_is_a_protocol_error() -> None:
 
 def test_completion_stream() -> None:
     def piece(text: str, finish: str | None = None) -> dict[str, Any]:
-        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}]}
+        return {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": MODEL,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}],
+        }
 
-    usage = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL, "choices": [], "usage": {"prompt_tokens": 3, "total_tokens": 5, "completion_tokens": 2}}
+    usage = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": MODEL,
+        "choices": [],
+        "usage": {"prompt_tokens": 3, "total_tokens": 5, "completion_tokens": 2},
+    }
     chunks = decode(sse(piece(" there"), piece(" was"), piece("", "length"), usage, "[DONE]"), kind="completion")
     assert "".join(c.text for c in chunks) == " there was"
     assert chunks[-1].done_reason == "length"
@@ -152,7 +200,12 @@ def test_stream_options_only_when_streaming() -> None:
 
 
 def test_vllm_extras_pass_through_and_think_becomes_template_kwarg() -> None:
-    request = ChatRequest(model=MODEL, messages=({"role": "user", "content": "Hi"},), options={"top_k": 20, "num_predict": 5}, params={"think": False, "min_p": 0.1})
+    request = ChatRequest(
+        model=MODEL,
+        messages=({"role": "user", "content": "Hi"},),
+        options={"top_k": 20, "num_predict": 5},
+        params={"think": False, "min_p": 0.1},
+    )
     (sent,) = next(backend.chat(request))
     body = sent.json
     assert body["top_k"] == 20
@@ -169,7 +222,23 @@ CHAT_ANSWER = {
     "object": "chat.completion",
     "created": 1733001000,
     "model": MODEL,
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help?", "refusal": None, "annotations": None, "audio": None, "function_call": None, "reasoning": None}, "logprobs": None, "finish_reason": "stop", "stop_reason": None}],
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Hello! How can I help?",
+                "refusal": None,
+                "annotations": None,
+                "audio": None,
+                "function_call": None,
+                "reasoning": None,
+            },
+            "logprobs": None,
+            "finish_reason": "stop",
+            "stop_reason": None,
+        }
+    ],
     "service_tier": None,
     "system_fingerprint": None,
     "usage": {"prompt_tokens": 12, "total_tokens": 21, "completion_tokens": 9, "prompt_tokens_details": None},
@@ -197,21 +266,37 @@ def test_chat_answer_with_old_reasoning_content() -> None:
 
 
 def test_embed_answer_in_input_order() -> None:
-    data = {"id": "embd-1", "object": "list", "created": 1, "model": "BAAI/bge-m3", "data": [{"index": 1, "object": "embedding", "embedding": [0.5, 0.5]}, {"index": 0, "object": "embedding", "embedding": [0.1, -0.2]}], "usage": {"prompt_tokens": 4, "total_tokens": 4, "completion_tokens": 0, "prompt_tokens_details": None}}
-    result = run_offline(backend.embed(EmbedRequest(model="BAAI/bge-m3", inputs=("a", "b"))), lambda _r: answer(200, data))
+    data = {
+        "id": "embd-1",
+        "object": "list",
+        "created": 1,
+        "model": "BAAI/bge-m3",
+        "data": [
+            {"index": 1, "object": "embedding", "embedding": [0.5, 0.5]},
+            {"index": 0, "object": "embedding", "embedding": [0.1, -0.2]},
+        ],
+        "usage": {"prompt_tokens": 4, "total_tokens": 4, "completion_tokens": 0, "prompt_tokens_details": None},
+    }
+    result = run_offline(
+        backend.embed(EmbedRequest(model="BAAI/bge-m3", inputs=("a", "b"))), lambda _r: answer(200, data)
+    )
     assert [list(v) for v in result.embeddings] == [[0.1, -0.2], [0.5, 0.5]]
 
 
 def test_embeddings_on_a_generation_server_are_not_supported() -> None:
     with pytest.raises(NotSupportedError) as caught:
-        run_offline(backend.embed(EmbedRequest(model=MODEL, inputs=("a",))), lambda _r: answer(404, {"detail": "Not Found"}))
+        run_offline(
+            backend.embed(EmbedRequest(model=MODEL, inputs=("a",))), lambda _r: answer(404, {"detail": "Not Found"})
+        )
     message = str(caught.value)
     assert "embeddings" in message
     assert "pooling" in message
 
 
 def test_embeddings_of_an_unknown_model_are_model_not_found() -> None:
-    body = {"error": {"message": "The model `x` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}}
+    body = {
+        "error": {"message": "The model `x` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}
+    }
     with pytest.raises(ModelNotFoundError):
         run_offline(backend.embed(EmbedRequest(model="x", inputs=("a",))), lambda _r: answer(404, body))
 
@@ -222,8 +307,21 @@ def test_embeddings_of_an_unknown_model_are_model_not_found() -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        {"error": {"message": "The model `foo` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}},
-        {"object": "error", "message": "The model `foo` does not exist.", "type": "NotFoundError", "param": None, "code": 404},
+        {
+            "error": {
+                "message": "The model `foo` does not exist.",
+                "type": "NotFoundError",
+                "param": "model",
+                "code": 404,
+            }
+        },
+        {
+            "object": "error",
+            "message": "The model `foo` does not exist.",
+            "type": "NotFoundError",
+            "param": None,
+            "code": 404,
+        },
     ],
     ids=["nested", "flat"],
 )
@@ -235,7 +333,14 @@ def test_unknown_model_in_both_error_shapes(body: Any) -> None:
 
 
 def test_validation_error_is_400_invalid_request() -> None:
-    body = {"error": {"message": "Stream options can only be defined when `stream=True`.", "type": "Bad Request", "param": None, "code": 400}}
+    body = {
+        "error": {
+            "message": "Stream options can only be defined when `stream=True`.",
+            "type": "Bad Request",
+            "param": None,
+            "code": 400,
+        }
+    }
     error = backend.error(answer(400, body))
     assert isinstance(error, InvalidRequestError)
     assert "stream=True" in str(error)
@@ -273,7 +378,16 @@ def test_health() -> None:
 
 
 def card(name: str, parent: str | None = None, max_len: int | None = 131072) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 1733001000, "owned_by": "vllm", "root": name, "parent": parent, "max_model_len": max_len, "permission": []}
+    return {
+        "id": name,
+        "object": "model",
+        "created": 1733001000,
+        "owned_by": "vllm",
+        "root": name,
+        "parent": parent,
+        "max_model_len": max_len,
+        "permission": [],
+    }
 
 
 MODELS = {"object": "list", "data": [card(MODEL), card("sql-lora", parent=MODEL, max_len=None)]}
@@ -342,7 +456,10 @@ def test_activity_old_metric_names() -> None:
 
 
 def test_activity_prefers_the_current_kv_name_when_both_are_shown() -> None:
-    both = METRICS_OLD.replace(f'{{model_name="{MODEL}"}} 0.0734', f'{{model_name="{MODEL}"}} 0.9') + f'vllm:kv_cache_usage_perc{{model_name="{MODEL}"}} 0.1\n'
+    both = (
+        METRICS_OLD.replace(f'{{model_name="{MODEL}"}} 0.0734', f'{{model_name="{MODEL}"}} 0.9')
+        + f'vllm:kv_cache_usage_perc{{model_name="{MODEL}"}} 0.1\n'
+    )
     found = activity(answer(200, both.encode(), "text/plain"), answer(200, MODELS))
     assert found.kv_cache_usage == pytest.approx(0.1)
 

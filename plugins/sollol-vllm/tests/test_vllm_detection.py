@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 import sollol_vllm
 from sollol.detect import DetectedNode, detect_one
 from sollol.detection import NodeState, ProbeSet
@@ -33,7 +34,12 @@ def detect(app: Any, url: str = "http://127.0.0.1:8000") -> DetectedNode:
 
 
 def test_detects_the_emulator_with_models_and_version() -> None:
-    found = detect(VLLMEmulator(EmulatorConfig(models=[EmulatedModel(name="Qwen/Qwen2.5-0.5B-Instruct")]), lora={"sql": "Qwen/Qwen2.5-0.5B-Instruct"}))
+    found = detect(
+        VLLMEmulator(
+            EmulatorConfig(models=[EmulatedModel(name="Qwen/Qwen2.5-0.5B-Instruct")]),
+            lora={"sql": "Qwen/Qwen2.5-0.5B-Instruct"},
+        )
+    )
     assert found.backend == "vllm"
     assert found.state is NodeState.UP
     assert found.version == "0.11.0"
@@ -122,18 +128,28 @@ def test_llamacpp_header_is_not_vllm() -> None:
 
 
 def test_tgi_info_is_not_vllm() -> None:
-    info = {"model_id": "bigscience/bloom-560m", "max_total_tokens": 2048, "router": "text-generation-router", "version": "3.3.6"}
+    info = {
+        "model_id": "bigscience/bloom-560m",
+        "max_total_tokens": 2048,
+        "router": "text-generation-router",
+        "version": "3.3.6",
+    }
     assert claims(vllm_behind_key({"/info": resp(200, info)})) == []
 
 
 def test_a_401_without_the_fastapi_404_or_empty_health_is_not_enough() -> None:
     assert claims(vllm_behind_key({"/info": resp(404)})) == []  # axum's empty 404
     assert claims(vllm_behind_key({"/health": resp(200, {"status": "ok"})})) == []
-    assert claims(vllm_behind_key({"/v1/models": resp(401, {"error": {"message": "Invalid API Key", "code": 401}})})) == []
+    assert (
+        claims(vllm_behind_key({"/v1/models": resp(401, {"error": {"message": "Invalid API Key", "code": 401}})})) == []
+    )
 
 
 def test_other_openai_cards_are_not_vllm() -> None:
-    cards = {"object": "list", "data": [{"id": "llama3.2:latest", "object": "model", "created": 1, "owned_by": "library"}]}
+    cards = {
+        "object": "list",
+        "data": [{"id": "llama3.2:latest", "object": "model", "created": 1, "owned_by": "library"}],
+    }
     assert claims(ProbeSet({"GET /v1/models": resp(200, cards)})) == []
 
 
