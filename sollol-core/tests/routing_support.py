@@ -328,3 +328,14 @@ def gated(emulator: ToyEmulator) -> ToyEmulator:
     """Make generations on `emulator` wait until `release` is called."""
     emulator.gate = asyncio.Event()
     return emulator
+
+
+class Ordered:
+    """A policy for tests: the candidate whose id sorts first."""
+
+    name = "ordered"
+
+    def choose(self, candidates: Sequence[Any], request: Any, rng: Any) -> Any:
+        from sollol.routing import Choice
+
+        return Choice(node=min(candidates, key=lambda p: p.id))
