@@ -77,7 +77,7 @@ def test_connect_scan_finds_exactly_the_listeners(listeners: list[tuple[str, int
     )
     assert found == listeners
     assert seen[-1] == (len(targets), len(targets))
-    assert [d for d, _ in seen] == list(range(1, len(targets) + 1))
+    assert [d for d, _ in seen] == sorted({d for d, _ in seen})  # reports only ever go up
 
 
 def test_accepts_false_on_closed_port(listeners: list[tuple[str, int]]) -> None:

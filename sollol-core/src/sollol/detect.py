@@ -276,7 +276,7 @@ async def detect_async(
         specs = [specs]
     plugins = plugins or default_plugins()
     own = transport is None
-    transport = transport or Transport(timeouts=Timeouts())
+    transport = transport or detection_transport()
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(spec: NodeSpec) -> DetectedNode:
@@ -288,6 +288,15 @@ async def detect_async(
     finally:
         if own:
             await transport.aclose()
+
+
+def detection_transport() -> Transport:
+    """A transport for probing many nodes once each.
+
+    Without keep-alive: every probe opens its own connection anyway (they run in parallel),
+    and a pool full of idle connections to hundreds of hosts only slows the next lookups.
+    """
+    return Transport(timeouts=Timeouts(), max_keepalive=0)
 
 
 def detect(url: NodeSpec, **kw: Any) -> DetectedNode:

@@ -27,12 +27,12 @@ from typing import Any, Protocol
 
 import attrs
 
-from sollol.detect import DEFAULT_CONCURRENCY, DetectedNode, detect_one, read_node, run_sync
+from sollol.detect import DEFAULT_CONCURRENCY, DetectedNode, detect_one, detection_transport, read_node, run_sync
 from sollol.errors import ConfigError, SollolError
 from sollol.node import Node, NodeSpec
 from sollol.plugins import Plugins, default_plugins
 from sollol.scan import DEFAULT_CONNECT_TIMEOUT, connect_scan, parse_network, scan_targets
-from sollol.transport import Timeouts, Transport
+from sollol.transport import Transport
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -278,7 +278,7 @@ async def discover_async(
     context = prepare_context(context or DiscoveryContext(), plugins)
     direct, connect = _candidates(context, plugins, sources)
     own = transport is None
-    transport = transport or Transport(timeouts=Timeouts())
+    transport = transport or detection_transport()
     try:
         if connect:
             by_address: dict[tuple[str, int], Candidate] = {}
