@@ -153,6 +153,14 @@ def test_other_openai_cards_are_not_vllm() -> None:
     assert claims(ProbeSet({"GET /v1/models": resp(200, cards)})) == []
 
 
+def test_sglang_cards_are_not_vllm() -> None:
+    # SGLang's cards have max_model_len and root too; their owner says whose they are.
+    card = {"id": "qwen", "object": "model", "created": 1, "owned_by": "sglang", "root": "qwen", "max_model_len": 32768}
+    assert claims(ProbeSet({"GET /v1/models": resp(200, {"object": "list", "data": [card]})})) == []
+    ownerless = {k: v for k, v in card.items() if k != "owned_by"}
+    assert claims(ProbeSet({"GET /v1/models": resp(200, {"object": "list", "data": [ownerless]})})) == ["vllm"]
+
+
 @pytest.mark.parametrize("kind", ["llamacpp", "tgi", "localai", "ollama"])
 def test_canned_foreign_servers_are_not_claimed(kind: str) -> None:
     assert claims(canonical_probes(kind, sollol_vllm.PROBES)) == []
@@ -160,3 +168,21 @@ def test_canned_foreign_servers_are_not_claimed(kind: str) -> None:
 
 def test_canned_vllm_is_claimed() -> None:
     assert claims(canonical_probes("vllm", sollol_vllm.PROBES)) == ["vllm"]
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("sollol_ollama.emulator", "OllamaEmulator"),
+        ("sollol_tgi.emulator", "TGIEmulator"),
+        ("sollol_llamacpp.emulator", "LlamaCppEmulator"),
+        ("sollol_localai.emulator", "LocalAIEmulator"),
+        ("sollol_sglang.emulator", "SGLangEmulator"),
+    ],
+)
+def test_other_plugins_emulators_are_not_claimed(module: str, name: str) -> None:
+    """Where the other plugins are installed too (the dev venv, the integration run)."""
+    emulator = getattr(pytest.importorskip(module), name)
+    for settings in ({}, {"api_key": "k"}):
+        found = detect(emulator(**settings))
+        assert found.backend != "vllm", f"{name}({settings}) claimed as vLLM: {found.reason}"

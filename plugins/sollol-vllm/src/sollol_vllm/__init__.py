@@ -45,12 +45,17 @@ def _version(response: HttpResponse) -> str | None:
 
 
 def _vllm_cards(response: HttpResponse) -> list[str] | None:
-    """The model ids when `/v1/models` has vLLM's cards (`owned_by: vllm`, or `max_model_len` and `root`)."""
+    """The model ids when `/v1/models` has vLLM's cards.
+
+    A card is vLLM's when it says `owned_by: vllm`, or says no owner but has `max_model_len` and
+    `root`. Another owner (SGLang's cards also have `max_model_len` and `root`) is not vLLM.
+    """
     data = response.json_object() if response.ok else None
     cards = [c for c in (data or {}).get("data") or () if isinstance(c, dict) and c.get("id")]
     if not cards:
         return None
-    if any(c.get("owned_by") == "vllm" or ("max_model_len" in c and "root" in c) for c in cards):
+    owners = {c.get("owned_by") for c in cards} - {None}
+    if owners == {"vllm"} or (not owners and all("max_model_len" in c and "root" in c for c in cards)):
         return [str(c["id"]) for c in cards]
     return None
 
