@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+
 from sollol.codec import iter_chunks
 from sollol.detection import NodeState
 from sollol.errors import (
@@ -22,7 +23,6 @@ from sollol.errors import (
 )
 from sollol.http import HttpRequest, HttpResponse, run_offline
 from sollol.inference import ChatRequest, EmbedRequest, GenerateRequest
-
 from sollol_tgi.codec import TGIBackend, generate_parameters
 
 JSON = (("content-type", "application/json"),)
@@ -143,7 +143,8 @@ def test_generate_stream_without_space_or_done(piece: int) -> None:
 def test_generate_stream_skips_the_special_eos_token() -> None:
     chunks = list(iter_chunks(backend.generate_stream(GenerateRequest(model=MODEL)).decoder(), EOS_STREAM))
     assert "".join(c.text for c in chunks) == "Hi"
-    assert chunks[-1].done and chunks[-1].done_reason == "stop"
+    assert chunks[-1].done
+    assert chunks[-1].done_reason == "stop"
 
 
 def test_generate_stream_ignores_events_after_the_final_one() -> None:
@@ -277,8 +278,10 @@ def test_chat_stream_tgi_style() -> None:
     chunks = list(iter_chunks(backend.chat_stream(ChatRequest(model="tgi", messages=[])).decoder(), CHAT_STREAM, 5))
     assert "".join(c.text for c in chunks) == "Deep end"
     final = chunks[-1]
-    assert final.done and final.done_reason == "stop"
-    assert final.usage is not None and final.usage.completion_tokens == 2
+    assert final.done
+    assert final.done_reason == "stop"
+    assert final.usage is not None
+    assert final.usage.completion_tokens == 2
     assert final.model == MODEL
 
 
@@ -311,7 +314,8 @@ def test_chat_body_drops_top_p_one_and_uses_tgi_grammar() -> None:
     assert body["temperature"] == 0  # TGI's /v1 routes turn 0 into greedy themselves
     assert body["max_tokens"] == 8
     assert body["response_format"] == {"type": "json", "value": {"type": "object"}}
-    assert body["stream"] is False and "stream_options" not in body
+    assert body["stream"] is False
+    assert "stream_options" not in body
 
 
 def test_chat_non_stream_stop_sequence_and_object_first() -> None:
@@ -421,7 +425,7 @@ def test_models_from_info_new_and_old() -> None:
 def test_models_fall_back_to_v1_models() -> None:
     listing = {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": MODEL}]}
     (model,) = run_offline(backend.models(), answers({"/v1/models": response(200, listing)}))
-    assert model.name == MODEL and model.context_length is None
+    assert (model.name, model.context_length) == (MODEL, None)
 
 
 def test_activity_from_metrics_and_info() -> None:
@@ -433,7 +437,7 @@ def test_activity_from_metrics_and_info() -> None:
     assert (activity.running, activity.waiting, activity.capacity, activity.context_length) == (5, 3, 128, 8192)
     assert activity.kv_cache_usage == pytest.approx(0.25)
     assert activity.loaded_names == frozenset({MODEL})
-    assert activity.vram_used is None and activity.vram_total is None
+    assert (activity.vram_used, activity.vram_total) == (None, None)
 
 
 def test_activity_without_metrics_is_unknown_not_zero() -> None:
