@@ -9,7 +9,7 @@ import struct
 from typing import Any
 
 import pytest
-from gateway_support import FakePool, chat_result, embed_result, generate_result, request, text_chunks
+from test_gateway_support import FakePool, chat_result, embed_result, generate_result, request, text_chunks
 
 from sollol.errors import (
     AllNodesFailedError,
