@@ -213,8 +213,9 @@ class Plugins:
                 first = owner[(kind, key)]
                 if kind == "backends":
                     raise DuplicateBackendError(key, self._label(first), self._label(plugin_name))
+                noun = "policy" if kind == "policies" else "discovery source"
                 raise PluginError(
-                    f"{kind[:-1]} {key!r} is registered by two plugins: "
+                    f"{noun} {key!r} is registered by two plugins: "
                     f"{self._label(first)} and {self._label(plugin_name)}"
                 )
             table[key] = value
