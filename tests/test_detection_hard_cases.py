@@ -8,7 +8,6 @@ not installed is skipped with the reason.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from typing import Any
 
 import attrs
@@ -86,23 +85,60 @@ CASES = [
         version="0.11.0",
         has_models=False,
     ),
-    Case(id="vllm-0.10-flat-errors", module="sollol_vllm", emulator="VLLMEmulator", settings={"flat_errors": True},
-         backend="vllm", version="0.10.0"),
+    Case(
+        id="vllm-0.10-flat-errors",
+        module="sollol_vllm",
+        emulator="VLLMEmulator",
+        settings={"flat_errors": True},
+        backend="vllm",
+        version="0.10.0",
+    ),
     # TGI before 2.0.3 has no `router` in /info; before 2.1.0 `max_input_length`.
-    Case(id="tgi-2.0.2-no-router", module="sollol_tgi", emulator="TGIEmulator", settings={"tgi_version": "2.0.2"},
-         backend="tgi", version="2.0.2"),
-    Case(id="tgi-2.0.3-router", module="sollol_tgi", emulator="TGIEmulator", settings={"tgi_version": "2.0.3"},
-         backend="tgi", version="2.0.3"),
+    Case(
+        id="tgi-2.0.2-no-router",
+        module="sollol_tgi",
+        emulator="TGIEmulator",
+        settings={"tgi_version": "2.0.2"},
+        backend="tgi",
+        version="2.0.2",
+    ),
+    Case(
+        id="tgi-2.0.3-router",
+        module="sollol_tgi",
+        emulator="TGIEmulator",
+        settings={"tgi_version": "2.0.3"},
+        backend="tgi",
+        version="2.0.3",
+    ),
     Case(id="tgi-3", module="sollol_tgi", emulator="TGIEmulator", backend="tgi"),
     # LocalAI before v3.8 ran on Fiber: /readyz and /healthz answer the body "OK", and there is
     # no /.well-known/localai.json (before v4.1.1). From v3.8 Echo answers them empty.
-    Case(id="localai-3.7-fiber", module="sollol_localai", emulator="LocalAIEmulator", settings={"version": "3.7.0"},
-         backend="localai", version="3.7.0"),
-    Case(id="localai-3.8-echo", module="sollol_localai", emulator="LocalAIEmulator", settings={"version": "3.8.0"},
-         backend="localai", version="3.8.0"),
+    Case(
+        id="localai-3.7-fiber",
+        module="sollol_localai",
+        emulator="LocalAIEmulator",
+        settings={"version": "3.7.0"},
+        backend="localai",
+        version="3.7.0",
+    ),
+    Case(
+        id="localai-3.8-echo",
+        module="sollol_localai",
+        emulator="LocalAIEmulator",
+        settings={"version": "3.8.0"},
+        backend="localai",
+        version="3.8.0",
+    ),
     Case(id="localai-4.9", module="sollol_localai", emulator="LocalAIEmulator", backend="localai"),
-    Case(id="localai-starting", module="sollol_localai", emulator="LocalAIEmulator", settings={"starting": True},
-         backend="localai", state=NodeState.LOADING, has_models=False),
+    Case(
+        id="localai-starting",
+        module="sollol_localai",
+        emulator="LocalAIEmulator",
+        settings={"starting": True},
+        backend="localai",
+        state=NodeState.LOADING,
+        has_models=False,
+    ),
 ]
 
 
@@ -137,14 +173,18 @@ def test_hard_case(case: Case, plugins: Plugins, servers: LoopbackServers) -> No
     assert (found.backend, found.state) == (case.backend, case.state), found.reason
     assert found.url == server.url
     if case.version is not None:
-        assert found.version is not None and found.version.startswith(case.version), found
+        assert found.version is not None, found
+        assert found.version.startswith(case.version), found
     if case.has_models:
         assert found.models, f"no models reported: {found}"
 
 
 def test_vllm_with_the_key_is_up_and_lists_models(plugins: Plugins, servers: LoopbackServers) -> None:
-    emulator = make_emulator(Case(id="vllm-key", module="sollol_vllm", emulator="VLLMEmulator",
-                                  settings={"api_key": "s3cret"}, backend="vllm"))
+    emulator = make_emulator(
+        Case(
+            id="vllm-key", module="sollol_vllm", emulator="VLLMEmulator", settings={"api_key": "s3cret"}, backend="vllm"
+        )
+    )
     server = servers.start(emulator, host="127.0.0.140")
     found = _detect(plugins, Node(host=server.host, port=server.port, api_key="s3cret"))
     assert (found.backend, found.state) == ("vllm", NodeState.UP), found.reason
@@ -152,8 +192,15 @@ def test_vllm_with_the_key_is_up_and_lists_models(plugins: Plugins, servers: Loo
 
 
 def test_loading_llamacpp_becomes_up(plugins: Plugins, servers: LoopbackServers) -> None:
-    emulator = make_emulator(Case(id="llamacpp-load", module="sollol_llamacpp", emulator="LlamaCppEmulator",
-                                  settings={"loading": True}, backend="llamacpp"))
+    emulator = make_emulator(
+        Case(
+            id="llamacpp-load",
+            module="sollol_llamacpp",
+            emulator="LlamaCppEmulator",
+            settings={"loading": True},
+            backend="llamacpp",
+        )
+    )
     server = servers.start(emulator, host="127.0.0.141")
     assert _detect(plugins, server.url).state is NodeState.LOADING
     emulator.loading = False
@@ -165,9 +212,15 @@ def test_loading_llamacpp_becomes_up(plugins: Plugins, servers: LoopbackServers)
 @pytest.mark.parametrize("named", ["ollama", "localai"])
 def test_the_user_can_name_the_backend(named: str, plugins: Plugins, servers: LoopbackServers) -> None:
     # A LocalAI that serves the Ollama API can be used as either kind when the user says so.
-    emulator = make_emulator(Case(id="named", module="sollol_localai", emulator="LocalAIEmulator",
-                                  settings={"version": "4.9.0", "ollama_api": True, "ollama_root": True},
-                                  backend="localai"))
+    emulator = make_emulator(
+        Case(
+            id="named",
+            module="sollol_localai",
+            emulator="LocalAIEmulator",
+            settings={"version": "4.9.0", "ollama_api": True, "ollama_root": True},
+            backend="localai",
+        )
+    )
     pytest.importorskip("sollol_ollama", reason="plugin sollol_ollama is not installed")
     host = "127.0.0.142" if named == "ollama" else "127.0.0.143"
     server = servers.start(emulator, host=host)

@@ -40,17 +40,30 @@ PLAN = [
     Planned(host=11, module="sollol_ollama", emulator="OllamaEmulator", backend="ollama"),
     Planned(host=12, module="sollol_ollama", emulator="OllamaEmulator", backend="ollama"),
     Planned(host=21, module="sollol_vllm", emulator="VLLMEmulator", backend="vllm"),
-    Planned(host=22, module="sollol_vllm", emulator="VLLMEmulator", backend="vllm", settings={"api_key": "k"},
-            state=NodeState.AUTH_REQUIRED),
+    Planned(
+        host=22,
+        module="sollol_vllm",
+        emulator="VLLMEmulator",
+        backend="vllm",
+        settings={"api_key": "k"},
+        state=NodeState.AUTH_REQUIRED,
+    ),
     Planned(host=31, module="sollol_tgi", emulator="TGIEmulator", backend="tgi", settings={"tgi_version": "2.0.2"}),
     Planned(host=32, module="sollol_tgi", emulator="TGIEmulator", backend="tgi"),
     Planned(host=41, module="sollol_llamacpp", emulator="LlamaCppEmulator", backend="llamacpp"),
-    Planned(host=42, module="sollol_llamacpp", emulator="LlamaCppEmulator", backend="llamacpp",
-            settings={"api_2025": True}),
-    Planned(host=51, module="sollol_localai", emulator="LocalAIEmulator", backend="localai",
-            settings={"ollama_api": True, "ollama_root": True}),
-    Planned(host=52, module="sollol_localai", emulator="LocalAIEmulator", backend="localai",
-            settings={"version": "3.7.0"}),
+    Planned(
+        host=42, module="sollol_llamacpp", emulator="LlamaCppEmulator", backend="llamacpp", settings={"api_2025": True}
+    ),
+    Planned(
+        host=51,
+        module="sollol_localai",
+        emulator="LocalAIEmulator",
+        backend="localai",
+        settings={"ollama_api": True, "ollama_root": True},
+    ),
+    Planned(
+        host=52, module="sollol_localai", emulator="LocalAIEmulator", backend="localai", settings={"version": "3.7.0"}
+    ),
     Planned(host=200, module="sollol_localai", emulator="LocalAIEmulator", backend="localai"),
 ]
 #: The port group of each kind (llama.cpp and LocalAI share one, as they share 8080).
@@ -107,7 +120,8 @@ def test_scan_of_the_slash_24_finds_exactly_the_emulators(
 
 
 def test_discover_command_scans_with_json(
-    cluster: tuple[dict[str, tuple[str, NodeState]], tuple[int, ...]], capsys: pytest.CaptureFixture[str],
+    cluster: tuple[dict[str, tuple[str, NodeState]], tuple[int, ...]],
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected, ports = cluster

@@ -10,8 +10,7 @@ import pluggy
 import pytest
 
 import sollol
-from sollol import hookspecs
-from sollol import hookimpl
+from sollol import hookimpl, hookspecs
 from sollol.activity import ModelInfo
 from sollol.detect import DetectedNode, decide, detect_async, normalise_spec, read_node
 from sollol.detection import Detection, NodeState, ProbeSet
@@ -241,7 +240,8 @@ def test_detect_finds_kind_version_and_models(loopback_servers: LoopbackServers,
     (node,) = found
     assert (node.url, node.backend, node.state, node.version) == (server.url, "toy", NodeState.UP, "2.5")
     assert node.models == ("llama3.2:latest",)
-    assert node.latency is not None and node.latency >= 0
+    assert node.latency is not None
+    assert node.latency >= 0
     data = node.to_json()
     assert {"url", "backend", "state", "version", "models", "latency_ms"} <= set(data)
     assert data["state"] == "up"
@@ -259,7 +259,8 @@ def test_detect_never_raises_for_bad_nodes(loopback_servers: LoopbackServers, pl
         NodeState.UNKNOWN,
         NodeState.UNKNOWN,
     ]
-    assert found[1].url == "no-port-here" and "port" in found[1].reason
+    assert found[1].url == "no-port-here"
+    assert "port" in found[1].reason
     assert "generic-openai" in found[3].reason
     assert "nosuch" in found[4].reason
 

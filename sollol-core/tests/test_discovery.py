@@ -171,7 +171,8 @@ def test_listed_node_that_names_its_backend_is_kept_once(loopback_servers: Loopb
     context = DiscoveryContext(nodes=(toy.url, {"url": toy.url, "backend": "toy"}), environ={})
     found = asyncio.run(discover_async(context, plugins=toy_plugins()))
     assert len(found) == 1
-    assert found[0].node is not None and found[0].node.backend == "toy"
+    assert found[0].node is not None
+    assert found[0].node.backend == "toy"
 
 
 def test_discover_sync_with_only_some_sources(loopback_servers: LoopbackServers) -> None:
@@ -241,7 +242,8 @@ def test_a_broken_source_does_not_hide_the_others(loopback_servers: LoopbackServ
     plugins = toy_plugins(BrokenSourcePlugin())
     found = asyncio.run(discover_async(DiscoveryContext(nodes=(toy.url,), environ={}), plugins=plugins))
     assert [f.backend for f in found] == ["toy"]
-    assert "broken" in caplog.text and "kubernetes" in caplog.text
+    assert "broken" in caplog.text
+    assert "kubernetes" in caplog.text
 
 
 def test_builtins_register_every_source() -> None:

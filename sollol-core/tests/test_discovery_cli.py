@@ -49,7 +49,9 @@ def test_detect_table_and_named_backend(loopback_servers: LoopbackServers, capsy
     toy = loopback_servers.start(ToyEmulator(), host="127.0.0.53")
     code, out = run(capsys, "detect", toy.url, "--backend", "toy", "--no-models")
     assert code == 0
-    assert "toy" in out and "up" in out and toy.url in out
+    assert "toy" in out
+    assert "up" in out
+    assert toy.url in out
 
 
 def test_discover_scan_json(loopback_servers: LoopbackServers, capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,19 +48,41 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _configure_detect(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("urls", nargs="+", metavar="URL", help="base URLs (http://host:port, host:port; a pasted /v1 is fine)")
-    parser.add_argument("--backend", default=None, help="name the kind instead of detecting it (ollama, vllm, tgi, llamacpp, localai)")
+    parser.add_argument(
+        "urls", nargs="+", metavar="URL", help="base URLs (http://host:port, host:port; a pasted /v1 is fine)"
+    )
+    parser.add_argument(
+        "--backend", default=None, help="name the kind instead of detecting it (ollama, vllm, tgi, llamacpp, localai)"
+    )
     _common(parser)
 
 
 def _configure_discover(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("nodes", nargs="*", metavar="URL", help="nodes to include besides SOLLOL_NODES, OLLAMA_HOST and the config")
-    parser.add_argument("--scan", action="append", default=[], metavar="CIDR", help="scan this network (repeatable); nothing is scanned otherwise")
-    parser.add_argument("--ports", type=_ports, default=(), help="ports to try on localhost and scanned hosts, e.g. 11434,8000 (default: every backend's default ports)")
+    parser.add_argument(
+        "nodes", nargs="*", metavar="URL", help="nodes to include besides SOLLOL_NODES, OLLAMA_HOST and the config"
+    )
+    parser.add_argument(
+        "--scan",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="scan this network (repeatable); nothing is scanned otherwise",
+    )
+    parser.add_argument(
+        "--ports",
+        type=_ports,
+        default=(),
+        help="ports to try on localhost and scanned hosts, e.g. 11434,8000 (default: every backend's default ports)",
+    )
     parser.add_argument("--config", default=None, metavar="FILE", help="a TOML config file (default: $SOLLOL_CONFIG)")
     parser.add_argument("--no-localhost", action="store_true", help="do not try 127.0.0.1 on the default ports")
     parser.add_argument("--force-scan", action="store_true", help="allow scanning a network larger than a /16")
-    parser.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, help="seconds a scan waits for each TCP connection")
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        help="seconds a scan waits for each TCP connection",
+    )
     parser.add_argument("--concurrency", type=int, default=512, help="connection attempts open at once while scanning")
     _common(parser)
 
@@ -102,13 +124,19 @@ def _print(found: Sequence[DetectedNode], args: argparse.Namespace, title: str) 
 @command("detect", "identify the server behind each URL (backend, version, models, state)", _configure_detect)
 def detect_command(args: argparse.Namespace) -> int:
     """`sollol detect URL...`: exit status 1 when any node is down or unrecognised."""
-    found = asyncio.run(detect_async(list(args.urls), backend=args.backend, timeout=args.timeout, models=not args.no_models))
+    found = asyncio.run(
+        detect_async(list(args.urls), backend=args.backend, timeout=args.timeout, models=not args.no_models)
+    )
     _print(found, args, "SOLLOL detect")
     bad = [n for n in found if n.backend is None or n.state in (NodeState.DOWN, NodeState.UNKNOWN)]
     return 1 if bad else 0
 
 
-@command("discover", "find nodes: listed, from the environment and config, on localhost, and in networks you name", _configure_discover)
+@command(
+    "discover",
+    "find nodes: listed, from the environment and config, on localhost, and in networks you name",
+    _configure_discover,
+)
 def discover_command(args: argparse.Namespace) -> int:
     """`sollol discover [--scan CIDR] [--ports ...] [--json]`."""
     context = DiscoveryContext(
@@ -154,5 +182,8 @@ def discover_command(args: argparse.Namespace) -> int:
             return 2
     _print(found, args, "SOLLOL discover")
     if not found and not args.json:
-        Console().print("no nodes found: list some (sollol discover URL), set SOLLOL_NODES, or scan a network (--scan 192.168.1.0/24)")
+        Console().print(
+            "no nodes found: list some (sollol discover URL), set SOLLOL_NODES, "
+            "or scan a network (--scan 192.168.1.0/24)"
+        )
     return 0

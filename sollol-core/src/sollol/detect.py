@@ -14,11 +14,15 @@ a server nobody recognises, all come back as a `DetectedNode` with a state and a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Sequence
-from typing import Any
+import ssl
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import attrs
+import certifi
+import httpx
 
 from sollol.detection import Detection, NodeState, ProbeSet, probe_key
 from sollol.errors import AuthenticationError, ConfigError, SollolError
@@ -28,6 +32,8 @@ from sollol.plugins import Plugins, default_plugins
 from sollol.transport import Timeouts, Transport
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Kinds in the order §2.3 of the protocol reference decides them: a later kind can be
 #: impersonated by an earlier one, never the other way round. Used to break confidence ties.
@@ -133,7 +139,7 @@ async def probe_node(transport: Transport, plugins: Plugins, node: Node, timeout
     """Send every plugin's probes to `node` at once and collect the answers."""
     probes = _probes_for(plugins, node)
     answers = await asyncio.gather(*(transport.probe(node, p, timeout=timeout) for p in probes))
-    return ProbeSet({probe_key(p): a for p, a in zip(probes, answers)})
+    return ProbeSet({probe_key(p): a for p, a in zip(probes, answers, strict=True)})
 
 
 def _best(claims: Sequence[Detection]) -> Detection | None:
@@ -196,7 +202,12 @@ def _named(node: Node, probes: ProbeSet, plugins: Plugins, latency: float | None
     assert node.backend is not None
     backend = plugins.backends.get(node.backend)
     if not probes.reached:
-        return DetectedNode(node=node, backend=node.backend, state=NodeState.DOWN, reason=f"backend named by the user; {_down_reason(probes)}")
+        return DetectedNode(
+            node=node,
+            backend=node.backend,
+            state=NodeState.DOWN,
+            reason=f"backend named by the user; {_down_reason(probes)}",
+        )
     state = NodeState.UP
     if backend is not None:
         health = backend.health()
@@ -206,7 +217,9 @@ def _named(node: Node, probes: ProbeSet, plugins: Plugins, latency: float | None
                 state = backend.health_state(answer)
             except Exception:  # a codec that cannot read an odd answer: the node still answered
                 log.debug("health_state of %s raised on %s", node.backend, node.url, exc_info=True)
-    return DetectedNode(node=node, backend=node.backend, state=state, latency=latency, reason="backend named by the user")
+    return DetectedNode(
+        node=node, backend=node.backend, state=state, latency=latency, reason="backend named by the user"
+    )
 
 
 async def _fill_models(transport: Transport, plugins: Plugins, found: DetectedNode) -> DetectedNode:
@@ -244,11 +257,16 @@ async def detect_one(
     try:
         node = read_node(spec, backend=backend)
     except ConfigError as exc:
-        return DetectedNode(node=None, backend=backend, state=NodeState.UNKNOWN, given=str(spec), reason=str(exc), source=source)
+        return DetectedNode(
+            node=None, backend=backend, state=NodeState.UNKNOWN, given=str(spec), reason=str(exc), source=source
+        )
     if node.backend and node.backend not in plugins.backends:
         have = ", ".join(sorted(plugins.backends)) or "none"
         return DetectedNode(
-            node=node, backend=node.backend, state=NodeState.UNKNOWN, source=source,
+            node=node,
+            backend=node.backend,
+            state=NodeState.UNKNOWN,
+            source=source,
             reason=f"no installed plugin provides backend {node.backend!r} (installed: {have})",
         )
     found = decide(node, await probe_node(transport, plugins, node, timeout), plugins)
@@ -281,7 +299,9 @@ async def detect_async(
 
     async def one(spec: NodeSpec) -> DetectedNode:
         async with gate:
-            return await detect_one(spec, plugins=plugins, transport=transport, backend=backend, timeout=timeout, models=models)
+            return await detect_one(
+                spec, plugins=plugins, transport=transport, backend=backend, timeout=timeout, models=models
+            )
 
     try:
         return list(await asyncio.gather(*(one(s) for s in specs)))
@@ -290,13 +310,28 @@ async def detect_async(
             await transport.aclose()
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # httpx builds a new context (and re-reads the CA bundle, ~0.1-0.3 s) for every client
+    # it creates unless given one; detection creates a client per call, so build it once.
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def detection_transport() -> Transport:
     """A transport for probing many nodes once each.
 
     Without keep-alive: every probe opens its own connection anyway (they run in parallel),
     and a pool full of idle connections to hundreds of hosts only slows the next lookups.
     """
-    return Transport(timeouts=Timeouts(), max_keepalive=0)
+    timeouts = Timeouts()
+    client = httpx.AsyncClient(
+        timeout=timeouts.httpx(),
+        limits=httpx.Limits(max_connections=512, max_keepalive_connections=0),
+        follow_redirects=False,
+        trust_env=False,
+        verify=_tls_context(),
+    )
+    return Transport(timeouts=timeouts, client=client)
 
 
 def detect(url: NodeSpec, **kw: Any) -> DetectedNode:
@@ -304,7 +339,7 @@ def detect(url: NodeSpec, **kw: Any) -> DetectedNode:
     return run_sync(detect_async([url], **kw))[0]
 
 
-def run_sync(coro: Any) -> Any:
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to the end, from plain code or from under a running loop (Jupyter)."""
     try:
         asyncio.get_running_loop()

@@ -230,7 +230,9 @@ class Candidate:
     source: str
 
 
-def _candidates(context: DiscoveryContext, plugins: Plugins, only: Sequence[str] | None) -> tuple[list[Candidate], list[Candidate]]:
+def _candidates(
+    context: DiscoveryContext, plugins: Plugins, only: Sequence[str] | None
+) -> tuple[list[Candidate], list[Candidate]]:
     """(candidates to detect, candidates to try connecting to first), from every source."""
     direct: list[Candidate] = []
     connect: list[Candidate] = []
@@ -277,8 +279,8 @@ async def discover_async(
     plugins = plugins or default_plugins()
     context = prepare_context(context or DiscoveryContext(), plugins)
     direct, connect = _candidates(context, plugins, sources)
-    own = transport is None
-    transport = transport or detection_transport()
+    # Building a client takes a while the first time (TLS context): do it while the scan runs.
+    making = None if transport is not None else asyncio.ensure_future(asyncio.to_thread(detection_transport))
     try:
         if connect:
             by_address: dict[tuple[str, int], Candidate] = {}
@@ -299,6 +301,10 @@ async def discover_async(
             )
             direct.extend(by_address[address] for address in listening)
         chosen = _dedupe(direct)
+        if making is not None:
+            transport = await making
+        assert transport is not None
+        probing = transport
         gate = asyncio.Semaphore(DEFAULT_CONCURRENCY)
         done = 0
         if progress is not None:
@@ -308,7 +314,12 @@ async def discover_async(
             nonlocal done
             async with gate:
                 found = await detect_one(
-                    candidate.spec, plugins=plugins, transport=transport, timeout=timeout, models=models, source=candidate.source
+                    candidate.spec,
+                    plugins=plugins,
+                    transport=probing,
+                    timeout=timeout,
+                    models=models,
+                    source=candidate.source,
                 )
             done += 1
             if progress is not None:
@@ -317,8 +328,8 @@ async def discover_async(
 
         return list(await asyncio.gather(*(one(c) for c in chosen)))
     finally:
-        if own:
-            await transport.aclose()
+        if making is not None:
+            await (await making).aclose()
 
 
 def _dedupe(candidates: Iterable[Candidate]) -> list[Candidate]:

@@ -135,13 +135,13 @@ def _scan_blocking(
                     break
                 wait = max(0.0, min(deadline for _, _, deadline in flying.values()) - time.monotonic())
                 for key, _ in selector.select(wait):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
-                    index, target, _ = flying.pop(sock)
-                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
+                    index, target, _ = flying.pop(ready)
+                    if ready.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
                         found.append((index, target))
-                    selector.unregister(sock)
-                    sock.close()
+                    selector.unregister(ready)
+                    ready.close()
                     done += 1
                 now = time.monotonic()
                 for sock in [s for s, (_, _, deadline) in flying.items() if deadline <= now]:

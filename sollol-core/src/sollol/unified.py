@@ -110,8 +110,17 @@ class AsyncUnifiedPool(AsyncPool):
     ) -> A:
         """Discover nodes (see `discover_nodes_async`) and build a pool of the usable ones."""
         found = await discover_nodes_async(
-            nodes, backends=backends, scan=scan, ports=ports, localhost=localhost, config_file=config_file,
-            environ=environ, force_scan=force_scan, plugins=plugins, timeout=timeout, connect_timeout=connect_timeout,
+            nodes,
+            backends=backends,
+            scan=scan,
+            ports=ports,
+            localhost=localhost,
+            config_file=config_file,
+            environ=environ,
+            force_scan=force_scan,
+            plugins=plugins,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
         )
         pool = cls(_pool_nodes(found) or _nothing_found(backends), plugins=plugins, **settings)
         pool.discovered = tuple(found)
@@ -145,7 +154,17 @@ class UnifiedPool(Pool):
         return pool
 
 
-_DISCOVERY_OPTIONS = ("backends", "scan", "ports", "localhost", "config_file", "environ", "force_scan", "timeout", "connect_timeout")
+_DISCOVERY_OPTIONS = (
+    "backends",
+    "scan",
+    "ports",
+    "localhost",
+    "config_file",
+    "environ",
+    "force_scan",
+    "timeout",
+    "connect_timeout",
+)
 
 
 async def auto_discover_async(nodes: Iterable[NodeSpec] = (), **kw: Any) -> AsyncUnifiedPool:
@@ -179,6 +198,14 @@ discover_llamacpp_nodes = _kind_discovery("llamacpp")
 discover_localai_nodes = _kind_discovery("localai")
 
 __all__ = [
-    "AsyncUnifiedPool", "UnifiedPool", "auto_discover_async", "discover_llamacpp_nodes", "discover_localai_nodes",
-    "discover_nodes", "discover_nodes_async", "discover_ollama_nodes", "discover_tgi_nodes", "discover_vllm_nodes",
+    "AsyncUnifiedPool",
+    "UnifiedPool",
+    "auto_discover_async",
+    "discover_llamacpp_nodes",
+    "discover_localai_nodes",
+    "discover_nodes",
+    "discover_nodes_async",
+    "discover_ollama_nodes",
+    "discover_tgi_nodes",
+    "discover_vllm_nodes",
 ]
