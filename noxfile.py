@@ -111,3 +111,10 @@ def wheels(session: nox.Session) -> None:
     )
     session.run(str(venv / "bin" / "python"), "-c", check, external=True)
     session.run(str(venv / "bin" / "sollol"), "plugins", external=True)
+
+
+@nox.session(python=PYTHON)
+def bench_discovery(session: nox.Session) -> None:
+    """Scan 127.0.0.0/24 on the five default ports with ten emulated nodes (target < 2 s, exact)."""
+    session.install("uvicorn>=0.30", "starlette>=0.37", *_editable(*DISTS))
+    session.run("python", str(ROOT / "benchmarks" / "discovery.py"), *session.posargs)
