@@ -23,9 +23,9 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 # What the cross-package tests need beside the distributions themselves.
+TEST_DEPS = ["pytest>=8", "pytest-timeout", "pytest-asyncio>=0.24"]
 INTEGRATION_DEPS = [
-    "pytest>=8",
-    "pytest-timeout",
+    *TEST_DEPS,
     "uvicorn>=0.30",
     "starlette>=0.37",
     "ollama>=0.4",
@@ -50,7 +50,7 @@ def _editable(*dists: str) -> list[str]:
 def unit(session: nox.Session, dist: str) -> None:
     """One distribution's own tests, in its own virtual environment."""
     deps = [CORE] if dist == CORE else [CORE, dist]
-    session.install("pytest>=8", "pytest-timeout", *_editable(*deps))
+    session.install(*TEST_DEPS, *_editable(*deps))
     tests = ROOT / dist / "tests"
     session.run("pytest", str(tests), "-p", "no:cacheprovider", *session.posargs)
 
