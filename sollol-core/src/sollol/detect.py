@@ -21,7 +21,6 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import attrs
-import certifi
 import httpx
 
 from sollol.detection import Detection, NodeState, ProbeSet, probe_key
@@ -314,7 +313,7 @@ async def detect_async(
 def _tls_context() -> ssl.SSLContext:
     # httpx builds a new context (and re-reads the CA bundle, ~0.1-0.3 s) for every client
     # it creates unless given one; detection creates a client per call, so build it once.
-    return ssl.create_default_context(cafile=certifi.where())
+    return httpx.create_ssl_context()
 
 
 def detection_transport() -> Transport:
