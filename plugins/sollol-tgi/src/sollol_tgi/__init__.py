@@ -50,9 +50,8 @@ def sollol_detect(probes: ProbeSet) -> Detection | None:
     if response.status != 200:
         return None
     info = response.json_object()
-    if not looks_like_tgi_info(info):
+    if info is None or not looks_like_tgi_info(info):
         return None
-    assert info is not None
     routed = info.get("router") == ROUTER_NAME
     version = info.get("version")
     return Detection(
