@@ -265,6 +265,11 @@ def test_values_tgi_rejects_are_translated_not_sent() -> None:
     assert generate_parameters(request, stream=False) == {"do_sample": False, "best_of": 2, "details": True}
 
 
+def test_greedy_drops_the_sampling_knobs() -> None:
+    request = GenerateRequest(model=MODEL, options={"temperature": 0.0, "top_p": 0.9, "top_k": 40, "seed": 1})
+    assert generate_parameters(request, stream=False) == {"do_sample": False, "seed": 1, "details": True}
+
+
 def test_format_schema_becomes_a_grammar() -> None:
     schema = {"type": "object", "properties": {"x": {"type": "string"}}}
     parameters = generate_parameters(GenerateRequest(model=MODEL, params={"format": schema}), stream=False)

@@ -106,8 +106,9 @@ def generate_parameters(request: GenerateRequest, *, stream: bool) -> dict[str, 
     """The `parameters` object of a `/generate` body, from Ollama options and params.
 
     TGI answers 422 to values Ollama clients send as "off": temperature 0 (greedy here:
-    `do_sample` false), top_p or typical_p of 1, top_k of 0, and a negative num_predict.
-    Those are left out (or turned into `do_sample: false`) rather than sent.
+    `do_sample` false, without the sampling knobs that would turn sampling back on), top_p
+    or typical_p of 1, top_k of 0, and a negative num_predict. Those are left out rather
+    than sent.
     """
     parameters: dict[str, Any] = {}
     for key, value in request.options.items():
@@ -123,7 +124,9 @@ def generate_parameters(request: GenerateRequest, *, stream: bool) -> dict[str, 
             parameters[key] = value
     temperature = _number(parameters.get("temperature"))
     if temperature is not None and temperature <= 0:
-        del parameters["temperature"]
+        # Greedy. TGI samples whenever a sampling knob is set, whatever do_sample says.
+        for key in ("temperature", "top_p", "top_k", "typical_p"):
+            parameters.pop(key, None)
         parameters["do_sample"] = False
     elif temperature is not None:
         parameters.setdefault("do_sample", True)
