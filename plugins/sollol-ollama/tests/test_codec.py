@@ -78,7 +78,13 @@ def test_stream_decodes_ndjson_in_small_pieces() -> None:
     lines = [
         {"model": "m", "message": {"role": "assistant", "content": "Hel"}, "done": False},
         {"model": "m", "message": {"role": "assistant", "content": "lo"}, "done": False},
-        {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop", "eval_count": 2},
+        {
+            "model": "m",
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "eval_count": 2,
+        },
     ]
     body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
     chunks = list(iter_chunks(OllamaStream("message"), body, piece=5))
@@ -150,7 +156,13 @@ def test_models_read_tags_and_show_capabilities() -> None:
 def test_activity_from_ps() -> None:
     ps = {
         "models": [
-            {"name": "mistral:latest", "size": 10, "size_vram": 6, "expires_at": "2024-06-04T14:38:31Z", "context_length": 4096}
+            {
+                "name": "mistral:latest",
+                "size": 10,
+                "size_vram": 6,
+                "expires_at": "2024-06-04T14:38:31Z",
+                "context_length": 4096,
+            }
         ]
     }
     activity = run_offline(backend.activity(), lambda _: answer(200, ps))

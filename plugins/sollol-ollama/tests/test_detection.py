@@ -12,7 +12,13 @@ JSON = (("content-type", "application/json; charset=utf-8"),)
 
 def probes(**answers: HttpResponse) -> ProbeSet:
     gin404 = HttpResponse(status=404, headers=TEXT, body=b"404 page not found")
-    paths = {"root": "/", "version": "/api/version", "readyz": "/readyz", "healthz": "/healthz", "wk": "/.well-known/localai.json"}
+    paths = {
+        "root": "/",
+        "version": "/api/version",
+        "readyz": "/readyz",
+        "healthz": "/healthz",
+        "wk": "/.well-known/localai.json",
+    }
     return ProbeSet({f"GET {path}": answers.get(name, gin404) for name, path in paths.items()})
 
 

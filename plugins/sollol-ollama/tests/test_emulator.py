@@ -13,7 +13,10 @@ from sollol_ollama.emulator import OllamaEmulator
 
 @pytest.fixture
 def client() -> httpx.AsyncClient:
-    models = [EmulatedModel(name="llama3.2:latest"), EmulatedModel(name="all-minilm:latest", embedding=True, loaded=False)]
+    models = [
+        EmulatedModel(name="llama3.2:latest"),
+        EmulatedModel(name="all-minilm:latest", embedding=True, loaded=False),
+    ]
     app = OllamaEmulator(EmulatorConfig(models=models))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ollama")
 
@@ -41,7 +44,9 @@ async def test_streams_by_default_as_ndjson_and_leaves_zero_counters_out(client:
 
 
 async def test_stream_false_gives_one_json_object(client: httpx.AsyncClient) -> None:
-    response = await client.post("/api/chat", json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False})
+    response = await client.post(
+        "/api/chat", json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    )
     data = response.json()
     assert response.headers["content-type"].startswith("application/json")
     assert data["done"] and data["message"]["content"].startswith("Hello")

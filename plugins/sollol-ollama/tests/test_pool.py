@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,10 +21,10 @@ def models() -> list[EmulatedModel]:
 
 
 @pytest.fixture
-def cluster(loopback_servers: LoopbackServers) -> Iterator[tuple[list[OllamaEmulator], list[Running]]]:
+def cluster(loopback_servers: LoopbackServers) -> tuple[list[OllamaEmulator], list[Running]]:
     emulators = [OllamaEmulator(EmulatorConfig(name=f"node{i}", models=models())) for i in range(3)]
     running = [loopback_servers.start(e, host=f"127.0.0.{i + 1}") for i, e in enumerate(emulators)]
-    yield emulators, running
+    return emulators, running
 
 
 def test_seed_form_chat_generate_embed_streamed_and_not(cluster: tuple[list[OllamaEmulator], list[Running]]) -> None:
@@ -93,7 +92,9 @@ async def test_failover_on_error_before_first_byte(cluster: tuple[list[OllamaEmu
         assert chunks[-1].node is not None and chunks[-1].node.host == "127.0.0.3"
 
 
-async def test_stream_error_after_first_chunk_is_never_silent(cluster: tuple[list[OllamaEmulator], list[Running]]) -> None:
+async def test_stream_error_after_first_chunk_is_never_silent(
+    cluster: tuple[list[OllamaEmulator], list[Running]],
+) -> None:
     emulators, running = cluster
     emulators[0].inject(Fault.stream_error(after=2, message="out of memory", paths=("/api/chat",)))
     async with sollol.AsyncPool([running[0].address], backend="ollama", refresh_interval=0) as pool:

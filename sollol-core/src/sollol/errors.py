@@ -21,10 +21,7 @@ class DuplicateBackendError(PluginError):
     """Two plugins register the same backend name."""
 
     def __init__(self, backend: str, first: str, second: str) -> None:
-        super().__init__(
-            f"backend {backend!r} is provided by two plugins: {first} and {second}; "
-            "uninstall one of them"
-        )
+        super().__init__(f"backend {backend!r} is provided by two plugins: {first} and {second}; uninstall one of them")
         self.backend = backend
         self.plugins = (first, second)
 
@@ -104,7 +101,7 @@ class ConnectError(BackendError):
     """The node could not be reached, or the connection broke before an answer."""
 
 
-class TimeoutError(BackendError):  # noqa: A001 - the name is what it is, scoped to sollol.errors
+class NodeTimeoutError(BackendError):
     """The node did not answer in time."""
 
 
@@ -174,8 +171,6 @@ class BusyError(SollolError):
     """Every node that serves the model stayed at its concurrency limit until the deadline."""
 
     def __init__(self, model: str, waited: float) -> None:
-        super().__init__(
-            f"all nodes serving {model!r} are busy; waited {waited:.1f}s in the queue"
-        )
+        super().__init__(f"all nodes serving {model!r} are busy; waited {waited:.1f}s in the queue")
         self.model = model
         self.waited = waited

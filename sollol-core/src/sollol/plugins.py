@@ -215,8 +215,7 @@ class Plugins:
                     raise DuplicateBackendError(key, self._label(first), self._label(plugin_name))
                 noun = "policy" if kind == "policies" else "discovery source"
                 raise PluginError(
-                    f"{noun} {key!r} is registered by two plugins: "
-                    f"{self._label(first)} and {self._label(plugin_name)}"
+                    f"{noun} {key!r} is registered by two plugins: {self._label(first)} and {self._label(plugin_name)}"
                 )
             table[key] = value
             owner[(kind, key)] = plugin_name
@@ -263,7 +262,7 @@ class Plugins:
             except Exception:
                 log.exception("detection hook of plugin %s raised", impl.plugin_name)
                 continue
-            if claim is not None:
+            if isinstance(claim, Detection):
                 claims.append(claim)
         claims.sort(key=lambda d: -d.confidence)
         return claims

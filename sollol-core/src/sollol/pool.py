@@ -41,7 +41,7 @@ from sollol.errors import (
     ProtocolError,
     SollolError,
     StreamInterruptedError,
-    TimeoutError,
+    NodeTimeoutError,
     UnavailableError,
 )
 from sollol.health import CircuitState
@@ -552,7 +552,7 @@ class AsyncPool:
             # Refused or unreachable (httpx's ConnectError): the node is down.
             self._set_state(pnode, NodeState.DOWN, str(exc))
             opened = breaker.failure(str(exc), trip=True)
-        elif isinstance(exc, (ConnectError, TimeoutError)):
+        elif isinstance(exc, (ConnectError, NodeTimeoutError)):
             opened = breaker.failure(str(exc), trip=True)
         elif retry:
             opened = breaker.failure(str(exc))

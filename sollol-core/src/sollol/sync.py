@@ -102,24 +102,34 @@ class Pool:
         self._call(self._pool.refresh())
 
     @overload
-    def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: Literal[False] = ..., **kw: Any) -> ChatResult: ...
+    def chat(
+        self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: Literal[False] = ..., **kw: Any
+    ) -> ChatResult: ...
     @overload
-    def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: Literal[True], **kw: Any) -> Iterator[Chunk]: ...
-    def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False, **kw: Any) -> ChatResult | Iterator[Chunk]:
+    def chat(
+        self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: Literal[True], **kw: Any
+    ) -> Iterator[Chunk]: ...
+    def chat(
+        self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False, **kw: Any
+    ) -> ChatResult | Iterator[Chunk]:
         """Chat with `model`. With `stream=True`, an iterator of chunks."""
         if stream:
             return self._iterate(self._pool.chat(model, messages, stream=True, **kw))
-        return self._call(self._pool.chat(model, messages, **kw))
+        result: ChatResult = self._call(self._pool.chat(model, messages, **kw))
+        return result
 
     @overload
     def generate(self, model: str, prompt: str = ..., *, stream: Literal[False] = ..., **kw: Any) -> GenerateResult: ...
     @overload
     def generate(self, model: str, prompt: str = ..., *, stream: Literal[True], **kw: Any) -> Iterator[Chunk]: ...
-    def generate(self, model: str, prompt: str = "", *, stream: bool = False, **kw: Any) -> GenerateResult | Iterator[Chunk]:
+    def generate(
+        self, model: str, prompt: str = "", *, stream: bool = False, **kw: Any
+    ) -> GenerateResult | Iterator[Chunk]:
         """Complete `prompt`. With `stream=True`, an iterator of chunks."""
         if stream:
             return self._iterate(self._pool.generate(model, prompt, stream=True, **kw))
-        return self._call(self._pool.generate(model, prompt, **kw))
+        result: GenerateResult = self._call(self._pool.generate(model, prompt, **kw))
+        return result
 
     def embed(self, model: str, input: str | Sequence[str], **kw: Any) -> EmbedResult:
         """Embed one text or several."""
@@ -136,7 +146,9 @@ class Pool:
 
 def _kind_pools(backend: str, label: str) -> tuple[type[AsyncPool], type[Pool]]:
     """An AsyncPool and a Pool whose nodes default to one backend kind."""
-    async_cls = type(f"Async{label}Pool", (AsyncPool,), {"default_backend": backend, "__doc__": f"An AsyncPool of {label} nodes."})
+    async_cls = type(
+        f"Async{label}Pool", (AsyncPool,), {"default_backend": backend, "__doc__": f"An AsyncPool of {label} nodes."}
+    )
     sync_cls = type(f"{label}Pool", (Pool,), {"async_pool_class": async_cls, "__doc__": f"A Pool of {label} nodes."})
     return async_cls, sync_cls
 

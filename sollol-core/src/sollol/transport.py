@@ -10,12 +10,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import httpx
 
-from sollol.errors import ConnectError, TimeoutError
+from sollol.errors import ConnectError, NodeTimeoutError
 from sollol.http import Exchange, HttpRequest, HttpResponse
 from sollol.node import Node
 
@@ -92,7 +92,9 @@ class Transport:
             response = await self._client.send(self._build(node, request, limit))
             body = response.content
         except httpx.TimeoutException as exc:
-            raise TimeoutError(f"{request.method} {request.path} timed out ({type(exc).__name__})", node=node.id) from exc
+            raise NodeTimeoutError(
+                f"{request.method} {request.path} timed out ({type(exc).__name__})", node=node.id
+            ) from exc
         except httpx.HTTPError as exc:
             raise ConnectError(f"{request.method} {request.path}: {_describe(exc)}", node=node.id) from exc
         return HttpResponse(
@@ -169,7 +171,9 @@ class Transport:
             ) as response:
                 yield StreamedResponse(response, node)
         except httpx.TimeoutException as exc:
-            raise TimeoutError(f"{request.method} {request.path} timed out ({type(exc).__name__})", node=node.id) from exc
+            raise NodeTimeoutError(
+                f"{request.method} {request.path} timed out ({type(exc).__name__})", node=node.id
+            ) from exc
         except httpx.HTTPError as exc:
             raise ConnectError(f"{request.method} {request.path}: {_describe(exc)}", node=node.id) from exc
 
@@ -199,5 +203,3 @@ def _describe(exc: BaseException) -> str:
     if cause is not None and str(cause) and str(cause) not in text:
         text = f"{text} ({cause})"
     return f"{type(exc).__name__}: {text}"
-
-

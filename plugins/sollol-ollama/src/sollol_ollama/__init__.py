@@ -8,7 +8,6 @@ from sollol import hookimpl
 from sollol.codec import Backend
 from sollol.detection import Detection, NodeState, ProbeSet
 from sollol.http import HttpRequest
-
 from sollol_ollama.codec import ROOT_TEXT, OllamaBackend
 
 __all__ = ["OllamaBackend"]

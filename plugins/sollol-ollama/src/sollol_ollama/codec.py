@@ -58,7 +58,9 @@ def tool_calls_of(message: Mapping[str, Any]) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
-def body_of(model: str, fields: Mapping[str, Any], request: ChatRequest | GenerateRequest | EmbedRequest, stream: bool | None) -> dict[str, Any]:
+def body_of(
+    model: str, fields: Mapping[str, Any], request: ChatRequest | GenerateRequest | EmbedRequest, stream: bool | None
+) -> dict[str, Any]:
     """A request body: the caller's fields untouched, then model, stream and options."""
     body: dict[str, Any] = {"model": model, **fields}
     body.update(request.params)
@@ -117,7 +119,7 @@ class OllamaBackend:
     """Codec for Ollama servers."""
 
     name = "ollama"
-    default_ports = (11434,)
+    default_ports: tuple[int, ...] = (11434,)
     operations = frozenset({"chat", "generate", "embed"})
 
     def health(self) -> HttpRequest:
@@ -158,11 +160,9 @@ class OllamaBackend:
         """`/api/tags`, with `/api/show` for each model's capabilities and context length."""
         tags = self._check((yield from fetch(HttpRequest.get("/api/tags"))))
         entries = [m for m in tags.get("models") or () if isinstance(m, Mapping) and m.get("name")]
-        shows = yield from fetch_all(
-            *(HttpRequest.post("/api/show", json={"model": m["name"]}) for m in entries)
-        )
+        shows = yield from fetch_all(*(HttpRequest.post("/api/show", json={"model": m["name"]}) for m in entries))
         found = []
-        for entry, show in zip(entries, shows):
+        for entry, show in zip(entries, shows, strict=True):
             details = entry.get("details") or {}
             info = show.json_object() if show.ok else None
             caps = (info or {}).get("capabilities") or entry.get("capabilities")
@@ -222,7 +222,9 @@ class OllamaBackend:
     def chat_stream(self, request: ChatRequest) -> StreamPlan:
         """`POST /api/chat` streamed as NDJSON."""
         body = body_of(request.model, {"messages": list(request.messages)}, request, True)
-        return StreamPlan(request=HttpRequest.post("/api/chat", json=body, stream=True), decoder=lambda: OllamaStream("message"))
+        return StreamPlan(
+            request=HttpRequest.post("/api/chat", json=body, stream=True), decoder=lambda: OllamaStream("message")
+        )
 
     def generate(self, request: GenerateRequest) -> Exchange[GenerateResult]:
         """`POST /api/generate` with `stream: false`."""
@@ -240,7 +242,9 @@ class OllamaBackend:
     def generate_stream(self, request: GenerateRequest) -> StreamPlan:
         """`POST /api/generate` streamed as NDJSON."""
         body = body_of(request.model, {"prompt": request.prompt}, request, True)
-        return StreamPlan(request=HttpRequest.post("/api/generate", json=body, stream=True), decoder=lambda: OllamaStream("response"))
+        return StreamPlan(
+            request=HttpRequest.post("/api/generate", json=body, stream=True), decoder=lambda: OllamaStream("response")
+        )
 
     # -- embeddings --------------------------------------------------------------------------------
 
@@ -253,8 +257,11 @@ class OllamaBackend:
         data = self._check(response)
         vectors = data.get("embeddings")
         if not isinstance(vectors, list) or len(vectors) != len(request.inputs):
-            raise ProtocolError(f"/api/embed returned {len(vectors) if isinstance(vectors, list) else 'no'} vectors for {len(request.inputs)} inputs")
-        return EmbedResult(model=str(data.get("model", request.model)), embeddings=vectors, usage=usage_of(data), raw=data)
+            count = len(vectors) if isinstance(vectors, list) else "no"
+            raise ProtocolError(f"/api/embed returned {count} vectors for {len(request.inputs)} inputs")
+        return EmbedResult(
+            model=str(data.get("model", request.model)), embeddings=vectors, usage=usage_of(data), raw=data
+        )
 
     def _embed_legacy(self, request: EmbedRequest) -> Exchange[EmbedResult]:
         legacy = {k: v for k, v in request.params.items() if k in ("keep_alive",)}

@@ -105,7 +105,10 @@ class OllamaEmulator(Emulator):
                 "parameters": "",
                 "template": "{{ .Prompt }}",
                 "details": self._tag(model)["details"],
-                "model_info": {"general.architecture": model.family, f"{model.family}.context_length": model.context_length},
+                "model_info": {
+                    "general.architecture": model.family,
+                    f"{model.family}.context_length": model.context_length,
+                },
                 "capabilities": list(model.caps),
                 "modified_at": "2025-05-04T17:37:44.706015396-07:00",
             }
@@ -118,7 +121,7 @@ class OllamaEmulator(Emulator):
             return {}, error(400, "missing request body")
         try:
             body = json.loads(request.body)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             return {}, error(400, f"invalid character in JSON: {exc.msg}")
         if not isinstance(body, dict):
             return {}, error(400, "json: cannot unmarshal into Go value of type api.Request")
@@ -145,7 +148,9 @@ class OllamaEmulator(Emulator):
             metrics["prompt_eval_duration"] = 1000 * prompt_tokens
         if tokens:
             metrics["eval_count"] = tokens
-            metrics["eval_duration"] = max(1, int(tokens * self.config.token_delay * 1e9)) if self.config.token_delay else 1000 * tokens
+            metrics["eval_duration"] = (
+                max(1, int(tokens * self.config.token_delay * 1e9)) if self.config.token_delay else 1000 * tokens
+            )
         return metrics
 
     # -- generation ----------------------------------------------------------------------------------
@@ -161,7 +166,9 @@ class OllamaEmulator(Emulator):
         if not isinstance(body.get("messages", []), list):
             return error(400, "json: cannot unmarshal messages")
         messages = body.get("messages") or []
-        prompt = next((m.get("content", "") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
+        prompt = next(
+            (m.get("content", "") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), ""
+        )
         return await self._generate(request, body, model, str(prompt), "chat")
 
     @route("POST", "/api/generate")
@@ -176,7 +183,9 @@ class OllamaEmulator(Emulator):
             return error(400, "raw mode does not support template, system, or context")
         return await self._generate(request, body, model, str(body.get("prompt", "")), "generate")
 
-    async def _generate(self, request: EmuRequest, body: dict[str, Any], model: EmulatedModel | None, prompt: str, kind: str) -> EmuResponse:
+    async def _generate(
+        self, request: EmuRequest, body: dict[str, Any], model: EmulatedModel | None, prompt: str, kind: str
+    ) -> EmuResponse:
         assert model is not None
         options = body.get("options") or {}
         limit = options.get("num_predict") if isinstance(options, dict) else None
@@ -203,7 +212,9 @@ class OllamaEmulator(Emulator):
             out.update(self._metrics(prompt_tokens, len(tokens), load, started))
             if kind == "chat" and tools:
                 first = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
-                out["message"]["tool_calls"] = [{"function": {"name": first.get("name", "tool"), "arguments": {"query": prompt}}}]
+                out["message"]["tool_calls"] = [
+                    {"function": {"name": first.get("name", "tool"), "arguments": {"query": prompt}}}
+                ]
             return out
 
         if body.get("stream", True) is False:
@@ -262,8 +273,13 @@ class OllamaEmulator(Emulator):
                 load = await self.work(model)
             finally:
                 self.leave()
-        out: dict[str, Any] = {"model": body["model"], "embeddings": [self.vector(str(t), model.dimensions) for t in inputs]}
-        out.update({k: v for k, v in self._metrics(sum(self.prompt_tokens(str(t)) for t in inputs), 0, load, started).items()})
+        out: dict[str, Any] = {
+            "model": body["model"],
+            "embeddings": [self.vector(str(t), model.dimensions) for t in inputs],
+        }
+        out.update(
+            {k: v for k, v in self._metrics(sum(self.prompt_tokens(str(t)) for t in inputs), 0, load, started).items()}
+        )
         return json_response(out)
 
     @route("POST", "/api/embeddings")
@@ -285,16 +301,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
-    parser.add_argument("--model", action="append", default=[], help="model name (repeatable); prefix 'embed:' for an embedding model")
+    parser.add_argument(
+        "--model", action="append", default=[], help="model name (repeatable); prefix 'embed:' for an embedding model"
+    )
     parser.add_argument("--token-delay", type=float, default=0.0)
     args = parser.parse_args()
-    models = [
-        EmulatedModel(name=m.removeprefix("embed:"), embedding=m.startswith("embed:")) for m in args.model
-    ] or [EmulatedModel(name="llama3.2:latest"), EmulatedModel(name="all-minilm:latest", embedding=True)]
+    models = [EmulatedModel(name=m.removeprefix("embed:"), embedding=m.startswith("embed:")) for m in args.model] or [
+        EmulatedModel(name="llama3.2:latest"),
+        EmulatedModel(name="all-minilm:latest", embedding=True),
+    ]
     import uvicorn
 
     app = OllamaEmulator(EmulatorConfig(models=models, token_delay=args.token_delay, name=f"ollama@{args.port}"))
-    asyncio.run(uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, server_header=False, log_level="warning")).serve())
+    asyncio.run(
+        uvicorn.Server(
+            uvicorn.Config(app, host=args.host, port=args.port, server_header=False, log_level="warning")
+        ).serve()
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from sollol.errors import (
     UnavailableError,
 )
 from sollol.errors import (
-    TimeoutError as NodeTimeoutError,
+    NodeTimeoutError,
 )
 from sollol.gateway.wire import ApiError
 
