@@ -66,9 +66,6 @@ class LocalAIBackend(OpenAICompatibleBackend):
     default_ports: tuple[int, ...] = (8080,)
     health_path = "/readyz"
 
-    def __init__(self) -> None:
-        super().__init__()
-
     # -- health ----------------------------------------------------------------------------
 
     def health_state(self, response: HttpResponse) -> NodeState:
