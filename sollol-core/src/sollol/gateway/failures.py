@@ -10,14 +10,12 @@ from sollol.errors import (
     ConnectError,
     InvalidRequestError,
     ModelNotFoundError,
+    NodeTimeoutError,
     NoNodeForModelError,
     OverloadedError,
     PoolClosedError,
     StreamInterruptedError,
     UnavailableError,
-)
-from sollol.errors import (
-    NodeTimeoutError,
 )
 from sollol.gateway.wire import ApiError
 

@@ -1,0 +1,324 @@
+"""The gateway's own cost: `sollol serve` against calling the node directly, side by side.
+
+One emulated Ollama node that answers at once (its own process), the gateway (`sollol serve`,
+its own process) in front of it, and this process as the load generator: a small HTTP/1.1
+keep-alive client per simulated user, so the load generator itself stays cheap. For 1, 16
+and 64 concurrent clients, streamed and not, it reports latency p50/p99 (and what the gateway
+adds), throughput and its ratio to direct, time to first token, and the gateway's CPU time per
+request read from /proc. Then the gateway's start-up time and resident memory.
+
+    python benchmarks/gateway.py [--seconds 3] [--json results.json]
+    nox -s bench_gateway
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+HOST = "127.0.0.1"
+MODEL = "llama3.2:latest"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- a minimal HTTP/1.1 client ---------------------------------------------------------------------------
+
+
+class Connection:
+    """One keep-alive connection; `call` sends a prepared request and reads the whole answer."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
+
+    async def call(self, raw: bytes) -> tuple[int, float, float, bytes]:
+        """(status, seconds to the first body byte, seconds to the end, body)."""
+        assert self.reader is not None and self.writer is not None
+        reader = self.reader
+        started = time.perf_counter()
+        self.writer.write(raw)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        body = bytearray()
+        first = 0.0
+        if b"transfer-encoding: chunked" in lower:
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                if size == 0:
+                    await reader.readuntil(b"\r\n")
+                    break
+                data = await reader.readexactly(size + 2)
+                if not first:
+                    first = time.perf_counter() - started
+                body += data[:-2]
+        else:
+            start = lower.index(b"content-length:") + 15
+            length = int(lower[start : lower.index(b"\r\n", start)])
+            body += await reader.readexactly(length)
+            first = time.perf_counter() - started
+        return status, first, time.perf_counter() - started, bytes(body)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def prepared(port: int, stream: bool) -> bytes:
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": stream, "options": {"temperature": 0}}
+    ).encode()
+    head = f"POST /api/chat HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def load(port: int, clients: int, stream: bool, seconds: float) -> dict[str, Any]:
+    """Run `clients` users for `seconds` (after a short warm-up); latencies of completed requests."""
+    raw = prepared(port, stream)
+    latencies: list[float] = []
+    firsts: list[float] = []
+    errors = 0
+    measuring = False
+    stop = False
+
+    async def user() -> None:
+        nonlocal errors
+        conn = Connection(port)
+        await conn.open()
+        try:
+            while not stop:
+                status, first, total, body = await conn.call(raw)
+                if status != 200 or b'"done":true' not in body:
+                    errors += 1
+                elif measuring:
+                    latencies.append(total)
+                    firsts.append(first)
+        finally:
+            conn.close()
+
+    tasks = [asyncio.create_task(user()) for _ in range(clients)]
+    await asyncio.sleep(min(0.5, seconds / 4))  # warm-up
+    measuring = True
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    measuring = False
+    elapsed = time.perf_counter() - started
+    stop = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    latencies.sort()
+    firsts.sort()
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
+
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": pct(latencies, 0.50),
+        "p99_ms": pct(latencies, 0.99),
+        "ttft_p50_ms": pct(firsts, 0.50) if stream else None,
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+    }
+
+
+# -- processes -------------------------------------------------------------------------------------------
+
+
+def wait_http(port: int, path: str, deadline: float, proc: subprocess.Popen[bytes], want: bytes = b"") -> float:
+    """Poll until GET path answers 200 (containing `want`); returns when, by perf_counter."""
+    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}: {proc.stdout.read().decode() if proc.stdout else ''}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as sock:
+                sock.sendall(request)
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            if data.startswith(b"HTTP/1.1 200") and want in data:
+                return time.perf_counter()
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise TimeoutError(f"nothing answered on port {port}{path}")
+
+
+def start_node(port: int) -> subprocess.Popen[bytes]:
+    code = (
+        "import asyncio, uvicorn\n"
+        "from sollol.testing.emulator import EmulatorConfig, EmulatedModel\n"
+        "from sollol_ollama.emulator import OllamaEmulator\n"
+        f"app = OllamaEmulator(EmulatorConfig(models=[EmulatedModel(name={MODEL!r})], name='node'))\n"
+        f"asyncio.run(uvicorn.Server(uvicorn.Config(app, host={HOST!r}, port={port}, log_level='warning',"
+        " access_log=False, server_header=False, date_header=False, backlog=2048)).serve())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_http(port, "/", time.perf_counter() + 30, proc)
+    return proc
+
+
+def start_gateway(port: int, node_port: int) -> tuple[subprocess.Popen[bytes], float, float]:
+    """The gateway; (process, seconds until GET / answers, seconds until /api/tags lists the model)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOLLOL_", "OLLAMA_"))}
+    entry = "import sys; from sollol.cli import main; sys.exit(main(sys.argv[1:]))"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", entry, "serve", f"http://{HOST}:{node_port}", "--port", str(port), "--host", HOST],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    live = wait_http(port, "/", started + 30, proc) - started
+    ready = wait_http(port, "/api/tags", started + 30, proc, MODEL.encode()) - started
+    return proc, live, ready
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+def run(seconds: float, concurrency: Sequence[int]) -> dict[str, Any]:
+    node_port, gateway_port = free_port(), free_port()
+    node = start_node(node_port)
+    gateway = None
+    try:
+        gateway, live, ready = start_gateway(gateway_port, node_port)
+        time.sleep(0.5)
+        idle_rss = rss_mb(gateway.pid)
+        rows = []
+        for stream in (False, True):
+            for clients in concurrency:
+                direct = asyncio.run(load(node_port, clients, stream, seconds))
+                before = cpu_seconds(gateway.pid)
+                via = asyncio.run(load(gateway_port, clients, stream, seconds))
+                used = cpu_seconds(gateway.pid) - before
+                warm = min(0.5, seconds / 4)
+                served = via["rps"] * (seconds + warm)  # the warm-up's requests used CPU too
+                rows.append(
+                    {
+                        "stream": stream,
+                        "clients": clients,
+                        "direct": direct,
+                        "gateway": via,
+                        "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
+                        "added_p99_ms": via["p99_ms"] - direct["p99_ms"],
+                        "throughput_ratio": via["rps"] / direct["rps"] if direct["rps"] else float("nan"),
+                        "gateway_cpu_ms_per_request": used / served * 1000 if served else float("nan"),
+                        "added_ttft_ms": (via["ttft_p50_ms"] - direct["ttft_p50_ms"]) if stream else None,
+                    }
+                )
+                print(describe(rows[-1]), flush=True)
+        return {
+            "startup_live_s": live,
+            "startup_ready_s": ready,
+            "idle_rss_mb": idle_rss,
+            "peak_rss_mb": rss_mb(gateway.pid, "VmHWM"),
+            "rows": rows,
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+        }
+    finally:
+        if gateway is not None:
+            stop(gateway)
+        stop(node)
+
+
+def describe(row: dict[str, Any]) -> str:
+    d, g = row["direct"], row["gateway"]
+    ttft = f" ttft {d['ttft_p50_ms']:.2f}->{g['ttft_p50_ms']:.2f} ms" if row["stream"] else ""
+    return (
+        f"{'stream' if row['stream'] else 'plain '} c={row['clients']:<3} "
+        f"p50 {d['p50_ms']:.2f}->{g['p50_ms']:.2f} ms (+{row['added_p50_ms']:.2f}) "
+        f"p99 {d['p99_ms']:.2f}->{g['p99_ms']:.2f} ms (+{row['added_p99_ms']:.2f}) "
+        f"rps {d['rps']:.0f}->{g['rps']:.0f} ({row['throughput_ratio']:.2f}x) "
+        f"cpu {row['gateway_cpu_ms_per_request']:.3f} ms/req{ttft} errors {d['errors']}/{g['errors']}"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| mode | clients | direct p50 / p99 (ms) | gateway p50 / p99 (ms) | added p50 / p99 (ms) | direct req/s | gateway req/s | ratio | gateway CPU/req (ms) | TTFT direct / gateway (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        d, g = row["direct"], row["gateway"]
+        ttft = f"{d['ttft_p50_ms']:.2f} / {g['ttft_p50_ms']:.2f}" if row["stream"] else "-"
+        lines.append(
+            f"| {'stream' if row['stream'] else 'non-stream'} | {row['clients']} | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} "
+            f"| {g['p50_ms']:.2f} / {g['p99_ms']:.2f} | {row['added_p50_ms']:+.2f} / {row['added_p99_ms']:+.2f} "
+            f"| {d['rps']:.0f} | {g['rps']:.0f} | {row['throughput_ratio']:.2f}x | {row['gateway_cpu_ms_per_request']:.3f} | {ttft} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Start-up: answering `GET /` after {result['startup_live_s'] * 1000:.0f} ms, models listed after "
+        f"{result['startup_ready_s'] * 1000:.0f} ms. RSS: {result['idle_rss_mb']:.1f} MB idle, {result['peak_rss_mb']:.1f} MB peak."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per scenario and target")
+    parser.add_argument("--clients", default="1,16,64", help="concurrency levels, comma separated")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = run(args.seconds, [int(c) for c in args.clients.split(",")])
+    print()
+    print(markdown(result))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
