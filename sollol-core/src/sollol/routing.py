@@ -183,6 +183,10 @@ class PoolNode:
             "latency": {
                 key: {"ttft": s.ttft, "per_token": s.per_token, "samples": s.samples} for key, s in self.stats.items()
             },
+            # What the backend reports (None where it cannot tell); `raw` stays out.
+            "activity": attrs.asdict(self.activity, filter=lambda a, _: a.name != "raw")
+            if self.activity is not None
+            else None,
         }
 
 

@@ -9,6 +9,7 @@ a stream began ends it with an in-band error line or event, never a silent trunc
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
@@ -80,6 +81,7 @@ class Gateway:
         api_keys: Iterable[str] = (),
         max_body: int = 32 * 1024 * 1024,
         close_pool: bool = True,
+        observe: bool = True,
     ) -> None:
         self.pool = pool
         self._keys = tuple(k.encode() for k in api_keys if k)
@@ -106,6 +108,11 @@ class Gateway:
         self._add("/v1/completions", True, {"POST": self._v1_completions})
         self._add("/v1/embeddings", True, {"POST": self._v1_embeddings})
         self._model_route = Route(True, {"GET": self._v1_model}, False)
+        self.observe: Any = None
+        if observe:  # /metrics, /dashboard, /api/sollol/nodes, /api/sollol/events (sollol.observe)
+            from sollol.observe import mount
+
+            self.observe = mount(self)
 
     def _add(self, path: str, openai: bool, methods: Mapping[str, Handler], *, reads_body: bool = True) -> None:
         self._routes[path] = Route(openai, methods, reads_body)
@@ -141,6 +148,8 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Close what the gateway opened (and the pool, unless told not to)."""
+        if self.observe is not None:
+            self.observe.close()
         if self._show_transport is not None:
             await self._show_transport.aclose()
             self._show_transport = None
@@ -178,6 +187,7 @@ class Gateway:
             headers = list(error.headers)
             if error.status == 401:
                 headers.append((b"www-authenticate", b"Bearer"))
+                headers.append((b"www-authenticate", b'Basic realm="SOLLOL", charset="UTF-8"'))
             await send_json(send, payload, error.status, headers)
 
     def _authorize(self, auth: bytes | None, key: bytes | None) -> None:
@@ -186,6 +196,8 @@ class Gateway:
             scheme, _, token = auth.partition(b" ")
             if scheme.lower() == b"bearer":
                 given = token.strip()
+            elif scheme.lower() == b"basic":  # browsers (the dashboard): any user name, the key as password
+                given = _basic_password(token.strip())
         if given is None and key is not None:
             given = key.strip()
         if given is None:
@@ -606,6 +618,13 @@ class Gateway:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+def _basic_password(token: bytes) -> bytes | None:
+    try:
+        return base64.b64decode(token, validate=True).partition(b":")[2] or None
+    except ValueError:
+        return None
 
 
 async def _first(chunks: AsyncIterator[Chunk]) -> Chunk:

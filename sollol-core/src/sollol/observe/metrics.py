@@ -1,0 +1,181 @@
+"""Prometheus metrics: counters and histograms fed by activity events, gauges read at scrape time.
+
+`PrometheusObserver` is an activity observer like any plugin's. Request counts and latency
+histograms move as events arrive; everything that describes a node now (state, circuit,
+in-flight, queued, and what the backend reports: loaded models, VRAM, its own queue, KV
+cache) is read from `pool.nodes()` when `/metrics` is scraped, so it costs nothing between
+scrapes. It uses its own `CollectorRegistry`, never the global one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from sollol.activity import ActivityEvent
+from sollol.observe.context import PROTOCOL
+from sollol.plugins import hookimpl
+
+#: Seconds; from a fast embedding to a long generation.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+NODE_STATES = ("unknown", "up", "down", "loading", "auth_required")
+CIRCUIT_STATES = ("closed", "open", "half_open")
+
+__all__ = ["CONTENT_TYPE_LATEST", "PoolCollector", "PrometheusObserver"]
+
+
+def _state(value: Any) -> str:
+    return str(value or "unknown").replace("-", "_")
+
+
+class PoolCollector(Collector):
+    """Gauges describing every node of a pool, read from `pool.nodes()` at scrape time."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per figure; activity figures only for nodes whose backend reports them."""
+        nodes: list[Mapping[str, Any]] = list(self.pool.nodes())
+        labels = ["node", "backend"]
+
+        def family(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=[*labels, *extra])
+
+        up = family("sollol_node_up", "1 when the node may be sent requests (state up or unknown)")
+        state = family("sollol_node_state", "1 for the node's current state", ("state",))
+        circuit = family("sollol_node_circuit_state", "1 for the state of the node's circuit breaker", ("state",))
+        in_flight = family("sollol_node_in_flight", "Requests this gateway has in flight on the node")
+        queued = family("sollol_node_queued", "Queued requests holding a reserved slot on the node")
+        limit = family("sollol_node_max_concurrency", "Requests the node may run at once (where limited)")
+        served = family("sollol_node_served", "Requests the node has served since the pool started")
+        failed = family("sollol_node_failed", "Attempts that failed on the node since the pool started")
+        loaded = family("sollol_node_loaded_models", "Models resident in the node's memory (where reported)")
+        models = family("sollol_node_models", "Models the node offers")
+        vram_used = family("sollol_node_vram_used_bytes", "VRAM in use on the node (where reported)")
+        vram_total = family("sollol_node_vram_total_bytes", "VRAM on the node (where reported)")
+        running = family("sollol_node_backend_running", "Requests the backend says it is running (where reported)")
+        waiting = family("sollol_node_backend_waiting", "Requests the backend says are waiting (where reported)")
+        kv_cache = family("sollol_node_kv_cache_usage_ratio", "KV-cache use, 0 to 1 (where reported)")
+        capacity = family("sollol_node_backend_slots", "Parallel slots the backend reports (where reported)")
+        for node in nodes:
+            ident = [str(node.get("id")), str(node.get("backend") or "unknown")]
+            current = _state(node.get("state"))
+            up.add_metric(ident, 1.0 if current in ("up", "unknown") else 0.0)
+            for name in NODE_STATES:
+                state.add_metric([*ident, name], 1.0 if name == current else 0.0)
+            breaker = _state(node.get("circuit") or "closed")
+            for name in CIRCUIT_STATES:
+                circuit.add_metric([*ident, name], 1.0 if name == breaker else 0.0)
+            in_flight.add_metric(ident, float(node.get("in_flight") or 0))
+            queued.add_metric(ident, float(node.get("queued_for") or 0))
+            if node.get("max_concurrency") is not None:
+                limit.add_metric(ident, float(node["max_concurrency"]))
+            served.add_metric(ident, float(node.get("served") or 0))
+            failed.add_metric(ident, float(node.get("failed") or 0))
+            models.add_metric(ident, float(len(node.get("models") or ())))
+            if node.get("loaded") is not None:
+                loaded.add_metric(ident, float(len(node["loaded"])))
+            activity = node.get("activity") or {}
+            for gauge, field in (
+                (vram_used, "vram_used"),
+                (vram_total, "vram_total"),
+                (running, "running"),
+                (waiting, "waiting"),
+                (kv_cache, "kv_cache_usage"),
+                (capacity, "capacity"),
+            ):
+                value = activity.get(field)
+                if value is not None:
+                    gauge.add_metric(ident, float(value))
+        yield from (up, state, circuit, in_flight, queued, limit, served, failed, models, loaded)
+        yield from (vram_used, vram_total, running, waiting, kv_cache, capacity)
+        depth = GaugeMetricFamily("sollol_queue_depth", "Requests waiting for a free node")
+        queued_now = getattr(self.pool, "queued", None)
+        depth.add_metric([], float(queued_now() if callable(queued_now) else 0))
+        yield depth
+
+
+class PrometheusObserver:
+    """An activity observer that keeps Prometheus metrics of one pool in its own registry."""
+
+    def __init__(self, pool: Any, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        reg = self.registry
+        self.requests = Counter(
+            "sollol_requests",
+            "Attempts sent to nodes, by node, model, client protocol, operation and outcome (ok or error)",
+            ["node", "model", "protocol", "operation", "outcome"],
+            registry=reg,
+        )
+        self.failures = Counter(
+            "sollol_request_failures", "Failed attempts by node and error", ["node", "model", "error"], registry=reg
+        )
+        self.latency = Histogram(
+            "sollol_request_duration_seconds",
+            "Time from dispatch to the last byte of a served request",
+            ["node", "model", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.ttft = Histogram(
+            "sollol_time_to_first_token_seconds",
+            "Time from dispatch to the first chunk of a streamed answer",
+            ["node", "model", "protocol"],
+            buckets=TTFT_BUCKETS,
+            registry=reg,
+        )
+        self.queued = Counter("sollol_requests_queued", "Requests that had to wait for a free node", ["model"], registry=reg)
+        self.node_changes = Counter(
+            "sollol_node_state_changes", "Node state changes, by the state entered", ["node", "state"], registry=reg
+        )
+        self.circuit_changes = Counter(
+            "sollol_circuit_changes", "Circuit breaker changes, by the state entered", ["node", "state"], registry=reg
+        )
+        reg.register(PoolCollector(pool))
+        self._children: dict[tuple[Any, ...], Any] = {}  # label lookups are the costly part
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    @hookimpl
+    def sollol_activity_event(self, event: ActivityEvent) -> None:
+        """Count what happened."""
+        kind = event.kind
+        data = event.data
+        node = event.node or ""
+        model = event.model or ""
+        if kind == "request.finished":
+            protocol = PROTOCOL.get()
+            self._child(self.requests, node, model, protocol, str(data.get("operation", "")), "ok").inc()
+            latency = data.get("latency")
+            if latency is not None:
+                self._child(self.latency, node, model, protocol).observe(latency)
+            ttft = data.get("ttft")
+            if ttft is not None:
+                self._child(self.ttft, node, model, protocol).observe(ttft)
+        elif kind == "request.failed":
+            protocol = PROTOCOL.get()
+            self._child(self.requests, node, model, protocol, str(data.get("operation", "")), "error").inc()
+            self._child(self.failures, node, model, str(data.get("error", "error"))).inc()
+        elif kind == "request.queued":
+            self._child(self.queued, model).inc()
+        elif kind.startswith("node."):
+            self._child(self.node_changes, node, kind[5:]).inc()
+        elif kind.startswith("circuit."):
+            self._child(self.circuit_changes, node, kind[8:]).inc()
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return bytes(generate_latest(self.registry))
