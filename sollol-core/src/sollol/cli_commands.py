@@ -7,5 +7,6 @@ from __future__ import annotations
 
 from sollol import (
     cli_discovery,  # noqa: F401  (sollol detect, sollol discover)
+    cli_nodes,  # noqa: F401  (sollol nodes)
     cli_serve,  # noqa: F401  (sollol serve)
 )
