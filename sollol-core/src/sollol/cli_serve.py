@@ -228,6 +228,14 @@ def local_llamacpp(count: int, model: str | None, console: Console) -> Iterator[
 # -- serving ----------------------------------------------------------------------------------------
 
 
+def use_lean_http_client() -> None:
+    """Make new pools talk to nodes through `Http1Transport` (see sollol.gateway.http1)."""
+    import sollol.transport
+    from sollol.gateway.http1 import Http1Transport
+
+    sollol.transport.HTTP_TRANSPORT = Http1Transport
+
+
 async def _serve(config: GatewayConfig, args: argparse.Namespace, console: Console) -> int:
     import uvicorn
 
@@ -245,6 +253,7 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace, console: Conso
             )
         sock = bind(config.host, config.port)
         started = time.perf_counter()
+        use_lean_http_client()
         pool = AsyncPool(nodes, policy=config.policy)
         app = Gateway(pool, api_keys=config.api_keys, max_body=config.max_body)
         server = uvicorn.Server(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -47,6 +47,11 @@ def _headers(node: Node, request: HttpRequest) -> dict[str, str]:
     return headers
 
 
+#: Builds the httpx transport each new `Transport` uses; None means httpx's own pool.
+#: `sollol serve` installs `sollol.gateway.http1.Http1Transport` (a leaner keep-alive pool).
+HTTP_TRANSPORT: Callable[[], httpx.AsyncBaseTransport] | None = None
+
+
 class Transport:
     """Sends requests to nodes. Create one per pool; `aclose()` it when done."""
 
@@ -68,6 +73,7 @@ class Transport:
             ),
             follow_redirects=False,
             trust_env=False,
+            transport=HTTP_TRANSPORT() if HTTP_TRANSPORT is not None else None,
         )
 
     async def aclose(self) -> None:

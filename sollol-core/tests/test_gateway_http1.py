@@ -1,0 +1,143 @@
+"""`Http1Transport`: the gateway's lean keep-alive HTTP client, against raw loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from sollol.gateway.http1 import Http1Transport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+def run(handler: Handler, client_code: Callable[[httpx.AsyncClient, str], Awaitable[object]]) -> object:
+    async def main() -> object:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport = Http1Transport()
+        try:
+            async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(2.0)) as client:
+                return await client_code(client, f"http://127.0.0.1:{port}")
+        finally:
+            server.close()
+
+    return asyncio.run(main())
+
+
+def test_content_length_and_keep_alive() -> None:
+    connections = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            try:
+                request = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            body = b'{"echo": %d}' % len(request)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+
+    async def client(http: httpx.AsyncClient, base: str) -> list[int]:
+        answers = [await http.post(base + "/api/chat?x=1", json={"a": 1}) for _ in range(3)]
+        return [a.status_code for a in answers] + [a.json()["echo"] > 0 for a in answers].count(True) * [1]
+
+    assert run(handler, client) == [200, 200, 200, 1, 1, 1]
+    assert len(connections) == 1  # one connection served every request
+
+
+def test_chunked_stream_arrives_piece_by_piece() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in (b'{"n":1}\n', b'{"n":2}\n'):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def client(http: httpx.AsyncClient, base: str) -> list[bytes]:
+        async with http.stream("POST", base + "/api/chat", json={}) as response:
+            return [piece async for piece in response.aiter_raw()]
+
+    assert run(handler, client) == [b'{"n":1}\n', b'{"n":2}\n']
+
+
+def test_body_until_close() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    async def client(http: httpx.AsyncClient, base: str) -> str:
+        return (await http.get(base + "/")).text
+
+    assert run(handler, client) == "all of it"
+
+
+def test_a_stale_kept_alive_connection_is_retried_once() -> None:
+    served = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        served.append(1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        if len(served) == 1:
+            await reader.read(1)  # the second request: drop it without answering
+            writer.close()
+
+    async def client(http: httpx.AsyncClient, base: str) -> list[str]:
+        first = (await http.get(base + "/")).text
+        second = (await http.get(base + "/")).text
+        return [first, second]
+
+    assert run(handler, client) == ["ok", "ok"]
+
+
+def test_failures_are_httpx_errors() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async def slow(http: httpx.AsyncClient, base: str) -> object:
+        return await http.get(base + "/", timeout=0.2)
+
+    with pytest.raises(httpx.ReadTimeout):
+        run(silent, slow)
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+        await writer.drain()
+        writer.close()
+
+    async def whole(http: httpx.AsyncClient, base: str) -> object:
+        return (await http.get(base + "/")).text
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        run(cut, whole)
+
+
+def test_refused_connection() -> None:
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=Http1Transport()) as http:
+            await http.get("http://127.0.0.1:9/")
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(main())
