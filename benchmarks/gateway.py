@@ -67,7 +67,8 @@ class Connection:
 
     async def call(self, raw: bytes) -> tuple[int, float, float, bytes]:
         """(status, seconds to the first body byte, seconds to the end, body)."""
-        assert self.reader is not None and self.writer is not None
+        assert self.reader is not None
+        assert self.writer is not None
         reader = self.reader
         started = time.perf_counter()
         self.writer.write(raw)
@@ -100,9 +101,15 @@ class Connection:
 
 def prepared(port: int, stream: bool) -> bytes:
     body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": stream, "options": {"temperature": 0}}
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+            "stream": stream,
+            "options": {"temperature": 0},
+        }
     ).encode()
-    head = f"POST /api/chat HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = f"POST /api/chat HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
 
 
@@ -112,16 +119,18 @@ async def load(port: int, clients: int, stream: bool, seconds: float) -> dict[st
     latencies: list[float] = []
     firsts: list[float] = []
     errors = 0
+    everything = 0
     measuring = False
     stop = False
 
     async def user() -> None:
-        nonlocal errors
+        nonlocal errors, everything
         conn = Connection(port)
         await conn.open()
         try:
             while not stop:
                 status, first, total, body = await conn.call(raw)
+                everything += 1
                 if status != 200 or b'"done":true' not in body:
                     errors += 1
                 elif measuring:
@@ -147,6 +156,7 @@ async def load(port: int, clients: int, stream: bool, seconds: float) -> dict[st
 
     return {
         "requests": len(latencies),
+        "all_requests": everything,
         "errors": errors,
         "rps": len(latencies) / elapsed,
         "p50_ms": pct(latencies, 0.50),
@@ -164,7 +174,8 @@ def wait_http(port: int, path: str, deadline: float, proc: subprocess.Popen[byte
     request = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}: {proc.stdout.read().decode() if proc.stdout else ''}")
+            output = proc.stdout.read().decode() if proc.stdout else ""
+            raise RuntimeError(f"process exited with {proc.returncode}: {output}")
         try:
             with socket.create_connection((HOST, port), timeout=1) as sock:
                 sock.sendall(request)
@@ -235,8 +246,7 @@ def run(seconds: float, concurrency: Sequence[int]) -> dict[str, Any]:
                 before = cpu_seconds(gateway.pid)
                 via = asyncio.run(load(gateway_port, clients, stream, seconds))
                 used = cpu_seconds(gateway.pid) - before
-                warm = min(0.5, seconds / 4)
-                served = via["rps"] * (seconds + warm)  # the warm-up's requests used CPU too
+                served = via["all_requests"]  # warm-up included: its requests used CPU too
                 rows.append(
                     {
                         "stream": stream,
@@ -280,21 +290,25 @@ def describe(row: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| mode | clients | direct p50 / p99 (ms) | gateway p50 / p99 (ms) | added p50 / p99 (ms) | direct req/s | gateway req/s | ratio | gateway CPU/req (ms) | TTFT direct / gateway (ms) |",
+        "| mode | clients | direct p50 / p99 (ms) | gateway p50 / p99 (ms) | added p50 / p99 (ms) "
+        "| direct req/s | gateway req/s | ratio | gateway CPU/req (ms) | TTFT direct / gateway (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         d, g = row["direct"], row["gateway"]
         ttft = f"{d['ttft_p50_ms']:.2f} / {g['ttft_p50_ms']:.2f}" if row["stream"] else "-"
         lines.append(
-            f"| {'stream' if row['stream'] else 'non-stream'} | {row['clients']} | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} "
+            f"| {'stream' if row['stream'] else 'non-stream'} | {row['clients']} "
+            f"| {d['p50_ms']:.2f} / {d['p99_ms']:.2f} "
             f"| {g['p50_ms']:.2f} / {g['p99_ms']:.2f} | {row['added_p50_ms']:+.2f} / {row['added_p99_ms']:+.2f} "
-            f"| {d['rps']:.0f} | {g['rps']:.0f} | {row['throughput_ratio']:.2f}x | {row['gateway_cpu_ms_per_request']:.3f} | {ttft} |"
+            f"| {d['rps']:.0f} | {g['rps']:.0f} | {row['throughput_ratio']:.2f}x "
+            f"| {row['gateway_cpu_ms_per_request']:.3f} | {ttft} |"
         )
     lines.append("")
     lines.append(
         f"Start-up: answering `GET /` after {result['startup_live_s'] * 1000:.0f} ms, models listed after "
-        f"{result['startup_ready_s'] * 1000:.0f} ms. RSS: {result['idle_rss_mb']:.1f} MB idle, {result['peak_rss_mb']:.1f} MB peak."
+        f"{result['startup_ready_s'] * 1000:.0f} ms. "
+        f"RSS: {result['idle_rss_mb']:.1f} MB idle, {result['peak_rss_mb']:.1f} MB peak."
     )
     return "\n".join(lines)
 
