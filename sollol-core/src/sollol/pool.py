@@ -722,6 +722,10 @@ class AsyncPool:
                 if len(tried) >= self.max_attempts or time.monotonic() >= deadline:
                     raise AllNodesFailedError(request.model, failures) from exc
                 continue
+            except GeneratorExit:
+                if sent and chunk.done:  # closed right after the final chunk (the gateway's SSE does): served
+                    self._succeeded(pnode, target, request, route, time.perf_counter() - started, usage, first, sent)
+                raise
             self._succeeded(pnode, target, request, route, time.perf_counter() - started, usage, first, sent)
             return
 

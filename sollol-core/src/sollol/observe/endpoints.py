@@ -80,6 +80,7 @@ class Observability:
             return
         from sollol.observe.metrics import CONTENT_TYPE_LATEST
 
+        await self.pool.start()
         await send_body(send, 200, self.metrics.render(), CONTENT_TYPE_LATEST.encode())
 
 
