@@ -15,7 +15,9 @@ import nox
 ROOT = pathlib.Path(__file__).parent
 CORE = "sollol-core"
 PLUGINS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
-DISTS = [CORE, *PLUGINS]
+# A complete third-party plugin kept as the plugin guide's example: built, typed and tested like ours.
+EXAMPLES = ["examples/sollol-sglang"]
+DISTS = [CORE, *PLUGINS, *EXAMPLES]
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 nox.options.sessions = ["tests"]
