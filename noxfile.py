@@ -68,8 +68,8 @@ def integration(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test command: every distribution on its own, then the cross-package tests."""
     for dist in DISTS:
-        session.notify(f"unit-{PYTHON}(dist='{dist}')")
-    session.notify(f"integration-{PYTHON}")
+        session.notify(f"unit({dist})")
+    session.notify("integration")
 
 
 @nox.session(python=PYTHON)
