@@ -71,7 +71,11 @@ def cluster() -> Iterator[tuple[str, dict[str, Running], LoopbackServers]]:
             for i in range(10):  # some routing decisions and chart points to show
                 answer = client.post(
                     "/api/chat",
-                    json={"model": "llama3.2", "messages": [{"role": "user", "content": f"hi {i}"}], "stream": i % 2 == 0},
+                    json={
+                        "model": "llama3.2",
+                        "messages": [{"role": "user", "content": f"hi {i}"}],
+                        "stream": i % 2 == 0,
+                    },
                 )
                 assert answer.status_code == 200, answer.text
             assert client.post("/v1/completions", json={"model": "llama3.2", "prompt": "hi"}).status_code == 200

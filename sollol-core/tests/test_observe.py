@@ -151,7 +151,9 @@ def test_metrics_describe_every_node(cluster: Cluster) -> None:
     assert total(families["sollol_node_loaded_models"], node="a") == 1
     assert total(families["sollol_node_vram_used_bytes"], node="a") == 3 * GiB
     assert total(families["sollol_node_vram_total_bytes"], node="a") == 8 * GiB
-    assert [s for s in families["sollol_node_vram_total_bytes"].samples if s.labels["node"] == "b"] == []  # not reported
+    assert [
+        s for s in families["sollol_node_vram_total_bytes"].samples if s.labels["node"] == "b"
+    ] == []  # not reported
     assert total(families["sollol_node_backend_running"], node="b") == 0
     assert "sollol_queue_depth" in families
 

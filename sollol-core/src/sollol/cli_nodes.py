@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -71,7 +72,9 @@ class GatewaySource:
         if response.status_code == 401:
             raise ConfigError(f"the gateway at {self.url} wants an API key: pass --api-key or set ${KEY_ENV}")
         if response.status_code == 404:
-            raise ConfigError(f"{self.url} answered 404 for {NODES_PATH}: is it a SOLLOL gateway with observability on?")
+            raise ConfigError(
+                f"{self.url} answered 404 for {NODES_PATH}: is it a SOLLOL gateway with observability on?"
+            )
         if response.status_code != 200:
             raise ConfigError(f"the gateway at {self.url} answered {response.status_code}: {response.text[:200]}")
         document: dict[str, Any] = response.json()
@@ -150,7 +153,9 @@ def render(document: Mapping[str, Any]) -> Group:
         for index, model in enumerate(node.get("models") or ()):
             if index:
                 models.append(", ")
-            models.append(model["name"] + ("*" if model.get("loaded") else ""), style="bold" if model.get("loaded") else "")
+            models.append(
+                model["name"] + ("*" if model.get("loaded") else ""), style="bold" if model.get("loaded") else ""
+            )
         vram = node.get("vram") or {}
         if vram.get("total"):
             shown = f"{_bytes(vram.get('used'))} / {_bytes(vram['total'])}"
@@ -172,7 +177,9 @@ def render(document: Mapping[str, Any]) -> Group:
             f"{node.get('served', 0)}/{node.get('failed', 0)}",
         )
     parts: list[Any] = [table]
-    errors = [(n["id"], n["last_error"]) for n in document.get("nodes") or () if n.get("last_error") and not n.get("healthy")]
+    errors = [
+        (n["id"], n["last_error"]) for n in document.get("nodes") or () if n.get("last_error") and not n.get("healthy")
+    ]
     for ident, error in errors:
         parts.append(Text(f"{ident}: {error}", style="red"))
     decisions = list(document.get("decisions") or ())[:8]
@@ -202,18 +209,21 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         source = GatewaySource(url, args.api_key or os.environ.get(KEY_ENV), args.timeout)
     try:
         document = await source.read()
+        if args.json:
+            console.print_json(json.dumps(document))
         if not args.watch:
-            if args.json:
-                console.print_json(json.dumps(document))
-            else:
+            if not args.json:
                 console.print(render(document))
             return 0
         shown = 1
-        with Live(render(document), console=console, refresh_per_second=4, auto_refresh=False) as live:
+        with contextlib.ExitStack() as stack:
+            live = (
+                None if args.json else stack.enter_context(Live(render(document), console=console, auto_refresh=False))
+            )
             while not args.count or shown < args.count:
                 await asyncio.sleep(max(args.interval, 0.1))
                 document = await source.read()
-                if args.json:
+                if live is None:
                     console.print_json(json.dumps(document))
                 else:
                     live.update(render(document), refresh=True)

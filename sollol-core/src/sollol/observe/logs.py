@@ -74,7 +74,7 @@ def _value(value: Any) -> str:
 
 def logfmt(fields: Mapping[str, Any]) -> str:
     """`key=value` pairs; nested mappings flattened as `key.sub=value`; None left out."""
-    out = []
+    out: list[str] = []
     for key, value in fields.items():
         if value is None:
             continue

@@ -132,7 +132,9 @@ class PrometheusObserver:
             buckets=TTFT_BUCKETS,
             registry=reg,
         )
-        self.queued = Counter("sollol_requests_queued", "Requests that had to wait for a free node", ["model"], registry=reg)
+        self.queued = Counter(
+            "sollol_requests_queued", "Requests that had to wait for a free node", ["model"], registry=reg
+        )
         self.node_changes = Counter(
             "sollol_node_state_changes", "Node state changes, by the state entered", ["node", "state"], registry=reg
         )

@@ -81,16 +81,16 @@ class StatusFeed:
         elif kind == "request.finished":
             latency = event.data.get("latency")
             self._count(event, False, latency, event.data.get("ttft"))
-            decision = _DECISION.get()
-            if decision is not None and decision["node"] == event.node:
-                decision["outcome"] = "ok"
-                decision["latency"] = latency
+            current = _DECISION.get()
+            if current is not None and current["node"] == event.node:
+                current["outcome"] = "ok"
+                current["latency"] = latency
         elif kind == "request.failed":
             self._count(event, True, None, None)
-            decision = _DECISION.get()
-            if decision is not None and decision["node"] == event.node:
-                decision["outcome"] = "error"
-                decision["error"] = redact(str(event.data.get("reason") or event.data.get("error") or "failed"))
+            current = _DECISION.get()
+            if current is not None and current["node"] == event.node:
+                current["outcome"] = "error"
+                current["error"] = redact(str(event.data.get("reason") or event.data.get("error") or "failed"))
         elif kind.startswith(_NODE_EVENTS):
             self.notify()
 
@@ -149,7 +149,11 @@ class StatusFeed:
         end = int(self._clock() if now is None else now)
         start = end - self.window + 1
         by_second = {b[0]: b for b in self._buckets if b[0] >= start}
-        requests, errors, latency, latency_max, ttft = [], [], [], [], []
+        requests: list[int] = []
+        errors: list[int] = []
+        latency: list[float | None] = []
+        latency_max: list[float | None] = []
+        ttft: list[float | None] = []
         nodes: dict[str, list[int]] = {}
         for index, second in enumerate(range(start, end + 1)):
             bucket = by_second.get(second)

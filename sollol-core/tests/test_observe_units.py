@@ -1,0 +1,182 @@
+"""The observers on their own: the status feed's decisions and series, the event log, redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from sollol.activity import ActivityEvent
+from sollol.errors import ConfigError
+from sollol.observe import PROTOCOL, EventLog, StatusFeed, node_status, redact, status_document
+from sollol.observe.logs import logfmt, parse_level
+
+
+def routed(node: str, at: float, attempt: int = 1, tried: tuple[str, ...] = ()) -> ActivityEvent:
+    return ActivityEvent(
+        kind="request.routed",
+        node=node,
+        model="llama3.2",
+        at=at,
+        data={
+            "operation": "chat",
+            "policy": "least_loaded",
+            "score": 1.5,
+            "parts": {"load": 1.0, "cold": 0.5},
+            "attempt": attempt,
+            "tried": [*tried, node],
+            "queued": 0.0,
+        },
+    )
+
+
+def finished(node: str, at: float, latency: float, ttft: float | None = None) -> ActivityEvent:
+    return ActivityEvent(
+        kind="request.finished", node=node, model="llama3.2", at=at, data={"latency": latency, "ttft": ttft}
+    )
+
+
+def test_feed_pairs_decisions_with_their_outcome_and_reasons() -> None:
+    feed = StatusFeed()
+    token = PROTOCOL.set("openai")
+    feed.sollol_activity_event(routed("a", 100.0))
+    feed.sollol_activity_event(
+        ActivityEvent(kind="request.failed", node="a", model="llama3.2", at=100.1, data={"reason": "HTTP 500: boom"})
+    )
+    feed.sollol_activity_event(routed("b", 100.2, attempt=2, tried=("a",)))
+    feed.sollol_activity_event(finished("b", 100.3, 0.25))
+    newest, oldest = feed.decisions()
+    assert (oldest["node"], oldest["outcome"], oldest["error"]) == ("a", "error", "HTTP 500: boom")
+    assert (newest["node"], newest["outcome"], newest["latency"]) == ("b", "ok", 0.25)
+    assert newest["protocol"] == "openai"
+    assert newest["reason"] == "least_loaded picked it (score 1.5: load 1, cold 0.5); attempt 2 after a failed"
+    PROTOCOL.reset(token)
+
+
+def test_feed_keeps_per_second_series_over_a_window() -> None:
+    feed = StatusFeed(window=5, clock=lambda: 104.9)
+    for at, node, latency in ((100.1, "a", 0.1), (100.5, "b", 0.3), (102.0, "a", 0.2)):
+        feed.sollol_activity_event(finished(node, at, latency, ttft=0.05))
+    feed.sollol_activity_event(ActivityEvent(kind="request.failed", node="a", at=104.2))
+    series = feed.series()
+    assert series["start"] == 100 and series["requests"] == [2, 0, 1, 0, 1]
+    assert series["errors"] == [0, 0, 0, 0, 1]
+    assert series["latency_avg"][0] == pytest.approx(0.2) and series["latency_max"][0] == pytest.approx(0.3)
+    assert series["latency_avg"][1] is None and series["latency_avg"][4] is None  # only an error that second
+    assert series["ttft_avg"][2] == pytest.approx(0.05)
+    assert series["requests_by_node"] == {"a": [1, 0, 1, 0, 1], "b": [1, 0, 0, 0, 0]}
+    later = StatusFeed(window=5, clock=lambda: 200.0)
+    later.sollol_activity_event(finished("a", 100.0, 0.1))
+    assert later.series()["requests"] == [0] * 5  # out of the window
+
+
+def test_feed_wakes_waiters_on_node_changes_only() -> None:
+    async def scenario() -> None:
+        feed = StatusFeed()
+        first = feed.changed()
+        assert feed.changed() is first  # shared by every stream
+        feed.sollol_activity_event(finished("a", 1.0, 0.1))
+        assert not first.done()
+        feed.sollol_activity_event(ActivityEvent(kind="node.down", node="a"))
+        assert first.done()
+        second = feed.changed()
+        assert second is not first
+        feed.close()
+        assert second.done() and feed.closed
+
+    asyncio.run(scenario())
+
+
+def test_node_status_marks_loaded_models_and_leaves_unknowns_null() -> None:
+    snapshot: dict[str, Any] = {
+        "id": "gpu1",
+        "url": "http://127.0.0.1:11434",
+        "backend": "ollama",
+        "state": "up",
+        "circuit": "half_open",
+        "models": ["llama3.2:latest", "qwen3:0.6b"],
+        "loaded": ["llama3.2:latest"],
+        "in_flight": 2,
+        "queued_for": 1,
+        "activity": {"vram_used": 5, "vram_total": 10, "loaded": [{"name": "phi4:latest"}], "running": 2},
+        "latency": {"llama3.2:latest": {"ttft": 0.2, "per_token": 0.01, "samples": 3}},
+        "last_error": "401 from http://u:hunter2@10.0.0.1/ with Bearer sk-abc123",
+    }
+    node = node_status(snapshot)
+    assert node["models"] == [
+        {"name": "llama3.2:latest", "loaded": True},
+        {"name": "qwen3:0.6b", "loaded": False},
+        {"name": "phi4:latest", "loaded": True},
+    ]
+    assert node["vram"] == {"used": 5, "total": 10} and node["backend_queue"] == {"running": 2, "waiting": None}
+    assert node["circuit"] == "half_open" and node["healthy"] is True
+    assert node["latency"]["ttft"] == 0.2 and node["in_flight"] == 2 and node["queued"] == 1
+    assert "hunter2" not in node["last_error"] and "sk-abc123" not in node["last_error"]
+    bare = node_status({"id": "x", "state": "unknown"})
+    assert bare["models"] == [] and bare["vram"] == {"used": None, "total": None} and bare["kv_cache_usage"] is None
+
+
+def test_status_document_from_any_pool_like_object() -> None:
+    class Pool:
+        def nodes(self) -> list[dict[str, Any]]:
+            return [{"id": "a", "state": "up"}, {"id": "b", "state": "down", "last_error": "refused"}]
+
+    document = status_document(Pool(), now=10.0)
+    assert document["summary"] == {"nodes": 2, "healthy": 1, "down": 1, "in_flight": 0, "queued": 0, "models": []}
+    assert document["decisions"] == [] and document["series"] is None
+    json.dumps(document)
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("Authorization: Bearer abc.def", "abc.def"),
+        ("GET http://user:pa55@host:1/x", "pa55"),
+        ("api_key=zzz999 rejected", "zzz999"),
+        ("Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+    ],
+)
+def test_redact(text: str, secret: str) -> None:
+    assert secret not in (redact(text) or "")
+    assert redact("connection refused") == "connection refused"
+
+
+def test_event_log_levels_and_structure(caplog: pytest.LogCaptureFixture) -> None:
+    log = EventLog("info")
+    caplog.set_level(logging.DEBUG, logger="sollol.events")
+    token = PROTOCOL.set("ollama")
+    log.sollol_activity_event(routed("a", 1.0))
+    log.sollol_activity_event(finished("a", 1.1, 0.1))  # debug: below the flag
+    log.sollol_activity_event(
+        ActivityEvent(kind="node.down", node="b", data={"reason": "refused (Bearer sk-live-1)", "previous": "up"})
+    )
+    PROTOCOL.reset(token)
+    records = [r for r in caplog.records if r.name == "sollol.events"]
+    assert [r.levelno for r in records] == [logging.INFO, logging.WARNING]
+    first = records[0].getMessage()
+    assert first.startswith("event=request.routed node=a model=llama3.2 protocol=ollama")
+    assert "policy=least_loaded" in first and "parts.load=1" in first and "tried=a" in first
+    assert records[0].sollol_event["policy"] == "least_loaded"  # type: ignore[attr-defined]
+    assert "sk-live-1" not in records[1].getMessage()
+    caplog.clear()
+    EventLog("warning").sollol_activity_event(routed("a", 1.0))
+    EventLog("off").sollol_activity_event(ActivityEvent(kind="node.down", node="b"))
+    assert [r for r in caplog.records if r.name == "sollol.events"] == []
+
+
+def test_event_log_json_lines_and_level_parsing(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sollol.events")
+    EventLog("debug", json_lines=True).sollol_activity_event(finished("a", 1.0, 0.5))
+    (record,) = [r for r in caplog.records if r.name == "sollol.events"]
+    assert json.loads(record.getMessage())["latency"] == 0.5
+    monkeypatch.setenv("SOLLOL_EVENT_LOG", "error")
+    assert EventLog().level == logging.ERROR
+    assert parse_level(None) == logging.WARNING and parse_level("10") == 10
+    with pytest.raises(ConfigError, match="unknown event log level"):
+        parse_level("loud")
+    assert logfmt({"a": "x y", "b": None, "c": {"d": 1}}) == 'a="x y" c.d=1'
