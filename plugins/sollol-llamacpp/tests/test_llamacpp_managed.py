@@ -34,6 +34,12 @@ import sys
 print("error: failed to load model 'broken.gguf'", flush=True)
 sys.exit(1)
 """
+#: Dies of SIGILL unless `--no-repack` is given, like llama.cpp's AMX kernels on a VM without AMX.
+NO_AMX = """
+import os, signal, sys
+if "--no-repack" not in sys.argv:
+    os.kill(os.getpid(), signal.SIGILL)
+""" + EMULATED.replace("a = p.parse_args()", 'p.add_argument("--no-repack", action="store_true")\na = p.parse_args()')
 STUBBORN = """
 import signal, socketserver, http.server, sys
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -104,3 +110,16 @@ def test_a_missing_model_file_is_a_config_error(tmp_path, monkeypatch):
     stand_in(tmp_path, monkeypatch, EMULATED)
     with pytest.raises(ConfigError, match="does not exist"):
         LlamaServer.start(model=tmp_path / "nope.gguf")
+
+
+def test_a_server_killed_by_an_illegal_instruction_is_restarted_without_repacking(tmp_path, monkeypatch):
+    import threading
+
+    from sollol_llamacpp import managed
+
+    monkeypatch.setattr(managed, "_REPACK_CRASHES", threading.Event())
+    model = stand_in(tmp_path, monkeypatch, NO_AMX)
+    with LlamaServer.start(model=model, log_dir=tmp_path, ready_timeout=30) as server:
+        assert "--no-repack" in server.args
+        assert httpx.get(f"{server.url}/health").status_code == 200
+    assert managed._REPACK_CRASHES.is_set()
