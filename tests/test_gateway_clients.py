@@ -21,7 +21,7 @@ import pytest
 
 import sollol.transport
 from sollol.gateway import Gateway
-from sollol.gateway.http1 import Http1Transport
+from sollol.gateway.http1 import LeanTransport
 from sollol.pool import AsyncPool
 from sollol.testing.emulator import EmulatedModel, Emulator, EmulatorConfig
 from sollol.testing.servers import LoopbackServers
@@ -71,13 +71,13 @@ def serve(servers: LoopbackServers, nodes: list[Any]) -> tuple[str, AsyncPool, G
     """The gateway as `sollol serve` runs it (with its lean HTTP client), on a loopback port."""
     pool = AsyncPool(nodes, refresh_interval=0)
     app = Gateway(pool, api_keys=[KEY])
-    saved = sollol.transport.HTTP_TRANSPORT
-    sollol.transport.HTTP_TRANSPORT = Http1Transport
+    saved = sollol.transport.TRANSPORT_CLASS
+    sollol.transport.TRANSPORT_CLASS = LeanTransport
     try:
         servers._call(pool.start())
     finally:
-        sollol.transport.HTTP_TRANSPORT = saved
-    assert isinstance(pool._transport._client._transport, Http1Transport)  # the path under test
+        sollol.transport.TRANSPORT_CLASS = saved
+    assert isinstance(pool._transport, LeanTransport)  # the path under test
     running = servers.start(app)
     return running.url, pool, app
 

@@ -141,3 +141,57 @@ def test_refused_connection() -> None:
 
     with pytest.raises(httpx.ConnectError):
         asyncio.run(main())
+
+
+def test_lean_transport_send_and_stream() -> None:
+    from sollol.errors import ConnectError, NodeTimeoutError
+    from sollol.gateway.http1 import LeanTransport
+    from sollol.http import HttpRequest
+    from sollol.node import Node
+    from sollol.transport import Timeouts
+
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                request = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            seen.append(request)
+            if b"/slow" in request:
+                await asyncio.sleep(5)
+            if b"/stream" in request:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            else:
+                writer.write(
+                    b'HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"error":"no!"}'
+                )
+            await writer.drain()
+
+    async def main() -> tuple[object, ...]:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        node = Node(host="127.0.0.1", port=server.sockets[0].getsockname()[1], api_key="node-secret")
+        transport = LeanTransport(timeouts=Timeouts(read=0.3))
+        try:
+            missing = await transport.send(
+                node, HttpRequest.post("/api/show", json={"model": "x"}, params=(("a", "b c"),))
+            )
+            async with transport.stream(node, HttpRequest.post("/stream", json={}, stream=True)) as response:
+                pieces = [p async for p in response.pieces()]
+            with pytest.raises(NodeTimeoutError):
+                await transport.send(node, HttpRequest.get("/slow"))
+            refused = Node(host="127.0.0.1", port=9)
+            with pytest.raises(ConnectError):
+                await transport.send(refused, HttpRequest.get("/"))
+            return missing.status, missing.json(), pieces
+        finally:
+            await transport.aclose()
+            server.close()
+
+    status, body, pieces = asyncio.run(main())
+    assert (status, body, pieces) == (404, {"error": "no!"}, [b"abc", b"de"])
+    first = seen[0]
+    assert first.startswith(b"POST /api/show?a=b+c HTTP/1.1\r\n")
+    assert b"authorization: Bearer node-secret" in first
+    assert first.endswith(b'{"model":"x"}')

@@ -229,11 +229,11 @@ def local_llamacpp(count: int, model: str | None, console: Console) -> Iterator[
 
 
 def use_lean_http_client() -> None:
-    """Make new pools talk to nodes through `Http1Transport` (see sollol.gateway.http1)."""
+    """Make new pools send node requests through `LeanTransport` (see sollol.gateway.http1)."""
     import sollol.transport
-    from sollol.gateway.http1 import Http1Transport
+    from sollol.gateway.http1 import LeanTransport
 
-    sollol.transport.HTTP_TRANSPORT = Http1Transport
+    sollol.transport.TRANSPORT_CLASS = LeanTransport
 
 
 async def _serve(config: GatewayConfig, args: argparse.Namespace, console: Console) -> int:

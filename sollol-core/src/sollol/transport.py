@@ -10,9 +10,9 @@ import asyncio
 import functools
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import httpx
@@ -55,13 +55,17 @@ def _headers(node: Node, request: HttpRequest) -> dict[str, str]:
     return headers
 
 
-#: Builds the httpx transport each new `Transport` uses; None means httpx's own pool.
-#: `sollol serve` installs `sollol.gateway.http1.Http1Transport` (a leaner keep-alive pool).
-HTTP_TRANSPORT: Callable[[], httpx.AsyncBaseTransport] | None = None
+#: The class `Transport(...)` builds; None means `Transport` itself. `sollol serve` installs
+#: `sollol.gateway.http1.LeanTransport`, which sends node requests without httpx's objects.
+TRANSPORT_CLASS: type[Transport] | None = None
 
 
 class Transport:
     """Sends requests to nodes. Create one per pool; `aclose()` it when done."""
+
+    def __new__(cls, *args: Any, **kw: Any) -> Transport:
+        chosen = TRANSPORT_CLASS if cls is Transport and TRANSPORT_CLASS is not None else cls
+        return super().__new__(chosen)
 
     def __init__(
         self,
@@ -82,7 +86,6 @@ class Transport:
             follow_redirects=False,
             trust_env=False,
             verify=tls_context(),
-            transport=HTTP_TRANSPORT() if HTTP_TRANSPORT is not None else None,
         )
 
     async def aclose(self) -> None:

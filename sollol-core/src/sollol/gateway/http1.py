@@ -1,29 +1,42 @@
-"""A lean HTTP/1.1 keep-alive transport for httpx, for the gateway's hot path.
+"""A lean HTTP/1.1 keep-alive client for the gateway's hot path.
 
 httpx's default pool (httpcore) walks every pooled connection on each request and asks each
-socket for its attributes, which costs about a millisecond of CPU per request once a pool
-holds a dozen connections. This transport keeps idle connections in a LIFO list per origin
-(O(1) to take and give back), writes the request in one call, and reads the answer with
-asyncio streams: Content-Length, chunked and read-to-close bodies, streamed piece by piece.
-Failures are raised as httpx's own exceptions, so callers see no difference.
+socket for its attributes (about a millisecond of CPU per request once a dozen connections
+are pooled), and httpx's request and response objects cost about as much again. `Http1Pool`
+keeps idle connections in a LIFO list per origin (O(1) to take and give back), writes each
+request in one call and reads answers with asyncio streams (Content-Length, chunked and
+read-to-close bodies, streamed piece by piece).
+
+Two faces: `LeanTransport`, a `sollol.transport.Transport` that sends node requests as bytes
+(no httpx objects on the request path), and `Http1Transport`, an `httpx.AsyncBaseTransport`
+for code that wants httpx's API on the same pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
+
+from sollol.errors import ConnectError, NodeTimeoutError
+from sollol.http import HttpRequest, HttpResponse
+from sollol.node import Node
+from sollol.transport import Timeouts, Transport, _headers
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
 else:  # pragma: no cover - Python 3.10
-    from contextlib import asynccontextmanager
+    from contextlib import asynccontextmanager as _acm
 
-    @asynccontextmanager
+    @_acm
     async def _deadline(delay: float | None) -> AsyncIterator[None]:
         if delay is None:
             yield
@@ -45,185 +58,72 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 HEAD_LIMIT = 256 * 1024
 
 
-class Http1Transport(httpx.AsyncBaseTransport):
-    """An `httpx.AsyncBaseTransport` with a small, fast connection pool (HTTP/1.1 only)."""
+class Http1Error(Exception):
+    """A network failure: `timeout` when a deadline passed, `connect` when no connection was made."""
 
-    def __init__(self, *, max_idle_per_origin: int = 256, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._idle: dict[Origin, list[Streams]] = {}
-        self._max_idle = max_idle_per_origin
-        self._ssl = ssl_context
-        self._closed = False
-
-    # -- the pool --------------------------------------------------------------------------------
-
-    def _take(self, origin: Origin) -> Streams | None:
-        idle = self._idle.get(origin)
-        while idle:
-            reader, writer = idle.pop()
-            if reader.at_eof() or writer.is_closing() or reader._buffer:  # type: ignore[attr-defined]
-                writer.close()
-                continue
-            return reader, writer
-        return None
-
-    def _give_back(self, origin: Origin, streams: Streams) -> None:
-        idle = self._idle.setdefault(origin, [])
-        if self._closed or len(idle) >= self._max_idle:
-            streams[1].close()
-        else:
-            idle.append(streams)
-
-    async def _open(self, request: httpx.Request, origin: Origin, timeout: float | None) -> Streams:
-        scheme, host, port = origin
-        context: ssl.SSLContext | None = None
-        if scheme == "https":
-            context = self._ssl or ssl.create_default_context()
-        try:
-            async with _deadline(timeout):
-                return await asyncio.open_connection(host, port, ssl=context, limit=HEAD_LIMIT)
-        except TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out", request=request) from None
-        except OSError as exc:
-            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}", request=request) from exc
-
-    async def aclose(self) -> None:
-        self._closed = True
-        for idle in self._idle.values():
-            for _, writer in idle:
-                writer.close()
-        self._idle.clear()
-
-    # -- one exchange ----------------------------------------------------------------------------
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.scheme
-        origin: Origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        body = await request.aread()
-        head = bytearray(request.method.encode())
-        head += b" " + url.raw_path + b" HTTP/1.1\r\n"
-        for name, value in request.headers.raw:
-            head += name + b": " + value + b"\r\n"
-        head += b"\r\n"
-        payload = bytes(head) + body if body else bytes(head)
-        streams = self._take(origin)
-        reused = streams is not None
-        while True:
-            if streams is None:
-                streams = await self._open(request, origin, timeouts.get("connect"))
-            try:
-                return await self._exchange(request, origin, streams, payload, timeouts.get("read"))
-            except _Stale:
-                # The server closed a kept-alive connection before answering; one fresh try.
-                streams[1].close()
-                if not reused:
-                    raise httpx.RemoteProtocolError(
-                        "the server closed the connection without answering", request=request
-                    ) from None
-                streams, reused = None, False
-
-    async def _exchange(
-        self, request: httpx.Request, origin: Origin, streams: Streams, payload: bytes, read_timeout: float | None
-    ) -> httpx.Response:
-        reader, writer = streams
-        try:
-            writer.write(payload)
-            async with _deadline(read_timeout):
-                head = await reader.readuntil(b"\r\n\r\n")
-                while head.startswith(b"HTTP/1.1 1") and not head.startswith(b"HTTP/1.1 101"):
-                    head = await reader.readuntil(b"\r\n\r\n")  # skip 100 Continue and friends
-        except TimeoutError:
-            writer.close()
-            raise httpx.ReadTimeout("the node did not answer in time", request=request) from None
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                raise _Stale from None
-            writer.close()
-            raise httpx.RemoteProtocolError(
-                "the connection closed in the middle of the answer's headers", request=request
-            ) from None
-        except asyncio.LimitOverrunError:
-            writer.close()
-            raise httpx.RemoteProtocolError("the answer's headers are too large", request=request) from None
-        except (ConnectionResetError, BrokenPipeError):
-            raise _Stale from None
-        except OSError as exc:
-            writer.close()
-            raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
-        lines = head[:-4].split(b"\r\n")
-        status_line = lines[0].split(b" ", 2)
-        try:
-            status = int(status_line[1])
-        except (IndexError, ValueError):
-            writer.close()
-            raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:80]!r}", request=request) from None
-        headers: list[tuple[bytes, bytes]] = []
-        length: int | None = None
-        chunked = False
-        keep = True
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip()
-            value = value.strip()
-            headers.append((name, value))
-            lower = name.lower()
-            if lower == b"content-length":
-                length = int(value)
-            elif lower == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif lower == b"connection" and value.lower() == b"close":
-                keep = False
-        if request.method == "HEAD" or status in (204, 304):
-            length, chunked = 0, False
-        stream = _Body(self, origin, streams, request, read_timeout, length=length, chunked=chunked, keep=keep)
-        reason = status_line[2].decode("latin-1") if len(status_line) > 2 else ""
-        return httpx.Response(
-            status,
-            headers=headers,
-            stream=stream,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason.encode()},
-        )
+    def __init__(self, message: str, *, timeout: bool = False, connect: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.connect = connect
 
 
 class _Stale(Exception):
     """A reused connection turned out closed before any answer byte arrived."""
 
 
-class _Body(httpx.AsyncByteStream):
-    """An answer's body, read as it arrives; the connection goes back to the pool when it ends."""
+class Answer:
+    """An answer whose head has arrived; read its body with `pieces()` or `read()`, then `close()`."""
+
+    __slots__ = (
+        "_chunked",
+        "_complete",
+        "_done",
+        "_keep",
+        "_length",
+        "_origin",
+        "_pool",
+        "_streams",
+        "_timeout",
+        "headers",
+        "reason",
+        "status",
+    )
 
     def __init__(
         self,
-        transport: Http1Transport,
+        pool: Http1Pool,
         origin: Origin,
         streams: Streams,
-        request: httpx.Request,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
         read_timeout: float | None,
         *,
         length: int | None,
         chunked: bool,
         keep: bool,
     ) -> None:
-        self._transport = transport
+        self._pool = pool
         self._origin = origin
         self._streams = streams
-        self._request = request
+        self.status = status
+        self.reason = reason
+        self.headers = headers
         self._timeout = read_timeout
         self._length = length
         self._chunked = chunked
         self._keep = keep and (chunked or length is not None)
         self._complete = False
-        self._closed = False
+        self._done = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """The body as it arrives."""
         reader = self._streams[0]
         try:
             if self._chunked:
                 while True:
                     async with _deadline(self._timeout):
-                        size_line = await reader.readuntil(b"\r\n")
-                        size = int(size_line.split(b";", 1)[0], 16)
+                        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
                         if size == 0:
                             while (await reader.readuntil(b"\r\n")) != b"\r\n":
                                 pass  # trailers
@@ -248,21 +148,333 @@ class _Body(httpx.AsyncByteStream):
                     yield data
             self._complete = True
         except TimeoutError:
-            raise httpx.ReadTimeout(
-                "the node stopped sending in the middle of its answer", request=self._request
-            ) from None
-        except (asyncio.IncompleteReadError, ValueError) as exc:
-            raise httpx.RemoteProtocolError(
-                f"the answer's body was cut off or malformed: {exc}", request=self._request
-            ) from None
+            raise Http1Error("the node stopped sending in the middle of its answer", timeout=True) from None
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            raise Http1Error(f"the answer's body was cut off or malformed ({type(exc).__name__})") from None
         except OSError as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__, request=self._request) from exc
+            raise Http1Error(f"the connection failed while reading the answer: {exc or type(exc).__name__}") from exc
 
-    async def aclose(self) -> None:
-        if self._closed:
+    async def read(self) -> bytes:
+        """The whole body."""
+        if self._length is not None and not self._chunked:
+            reader = self._streams[0]
+            try:
+                async with _deadline(self._timeout):
+                    body = await reader.readexactly(self._length) if self._length else b""
+            except TimeoutError:
+                raise Http1Error("the node stopped sending in the middle of its answer", timeout=True) from None
+            except asyncio.IncompleteReadError:
+                raise Http1Error("the answer's body was cut off") from None
+            except OSError as exc:
+                raise Http1Error(f"the connection failed while reading the answer: {exc}") from exc
+            self._complete = True
+            return body
+        return b"".join([piece async for piece in self.pieces()])
+
+    def close(self) -> None:
+        """Give the connection back when the body was read whole, else close it."""
+        if self._done:
             return
-        self._closed = True
+        self._done = True
         if self._complete and self._keep:
-            self._transport._give_back(self._origin, self._streams)
+            self._pool.give_back(self._origin, self._streams)
         else:
             self._streams[1].close()
+
+
+class Http1Pool:
+    """Keep-alive connections per origin, LIFO, with one retry when a kept connection went stale."""
+
+    def __init__(self, *, max_idle_per_origin: int = 256, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._idle: dict[Origin, list[Streams]] = {}
+        self._max_idle = max_idle_per_origin
+        self._ssl = ssl_context
+        self._closed = False
+
+    def _take(self, origin: Origin) -> Streams | None:
+        idle = self._idle.get(origin)
+        while idle:
+            reader, writer = idle.pop()
+            if reader.at_eof() or writer.is_closing() or reader._buffer:  # type: ignore[attr-defined]
+                writer.close()
+                continue
+            return reader, writer
+        return None
+
+    def give_back(self, origin: Origin, streams: Streams) -> None:
+        """Keep a connection whose answer was read whole."""
+        idle = self._idle.setdefault(origin, [])
+        if self._closed or len(idle) >= self._max_idle:
+            streams[1].close()
+        else:
+            idle.append(streams)
+
+    async def _open(self, origin: Origin, timeout: float | None) -> Streams:
+        scheme, host, port = origin
+        context: ssl.SSLContext | None = None
+        if scheme == "https":
+            context = self._ssl or ssl.create_default_context()
+        try:
+            async with _deadline(timeout):
+                return await asyncio.open_connection(host, port, ssl=context, limit=HEAD_LIMIT)
+        except TimeoutError:
+            raise Http1Error(f"connecting to {host}:{port} timed out", timeout=True, connect=True) from None
+        except OSError as exc:
+            raise Http1Error(f"cannot connect to {host}:{port}: {exc}", connect=True) from exc
+
+    async def aclose(self) -> None:
+        """Close every idle connection."""
+        self._closed = True
+        for idle in self._idle.values():
+            for _, writer in idle:
+                writer.close()
+        self._idle.clear()
+
+    async def exchange(
+        self,
+        origin: Origin,
+        payload: bytes,
+        *,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        head_only: bool = False,
+    ) -> Answer:
+        """Send `payload` (a whole request) and return once the answer's head is in."""
+        streams = self._take(origin)
+        reused = streams is not None
+        while True:
+            if streams is None:
+                streams = await self._open(origin, connect_timeout)
+            try:
+                return await self._exchange(origin, streams, payload, read_timeout, head_only)
+            except _Stale:
+                streams[1].close()
+                if not reused:
+                    raise Http1Error("the node closed the connection without answering") from None
+                streams, reused = None, False  # a kept-alive connection the node had closed: one fresh try
+
+    async def _exchange(
+        self, origin: Origin, streams: Streams, payload: bytes, read_timeout: float | None, head_only: bool
+    ) -> Answer:
+        reader, writer = streams
+        try:
+            writer.write(payload)
+            async with _deadline(read_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
+                while head.startswith(b"HTTP/1.1 1") and not head.startswith(b"HTTP/1.1 101"):
+                    head = await reader.readuntil(b"\r\n\r\n")  # 100 Continue and friends
+        except TimeoutError:
+            writer.close()
+            raise Http1Error("the node did not answer in time", timeout=True) from None
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise _Stale from None
+            writer.close()
+            raise Http1Error("the connection closed in the middle of the answer's headers") from None
+        except asyncio.LimitOverrunError:
+            writer.close()
+            raise Http1Error("the answer's headers are too large") from None
+        except (ConnectionResetError, BrokenPipeError):
+            raise _Stale from None
+        except OSError as exc:
+            writer.close()
+            raise Http1Error(f"the connection failed: {exc or type(exc).__name__}") from exc
+        lines = head[:-4].split(b"\r\n")
+        status_line = lines[0].split(b" ", 2)
+        try:
+            status = int(status_line[1])
+        except (IndexError, ValueError):
+            writer.close()
+            raise Http1Error(f"malformed status line {lines[0][:80]!r}") from None
+        headers: list[tuple[bytes, bytes]] = []
+        length: int | None = None
+        chunked = False
+        keep = True
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip()
+            value = value.strip()
+            headers.append((name, value))
+            lower = name.lower()
+            if lower == b"content-length":
+                length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lower == b"connection" and value.lower() == b"close":
+                keep = False
+        if head_only or status in (204, 304):
+            length, chunked = 0, False
+        reason = status_line[2] if len(status_line) > 2 else b""
+        return Answer(
+            self, origin, streams, status, reason, headers, read_timeout, length=length, chunked=chunked, keep=keep
+        )
+
+
+def _origin(node: Node) -> Origin:
+    return (node.scheme, node.host, node.port)
+
+
+def _payload(node: Node, request: HttpRequest) -> bytes:
+    path = request.path
+    if request.params:
+        path += "?" + urlencode(list(request.params))
+    body = b"" if request.json is None else json.dumps(request.json, separators=(",", ":")).encode()
+    host = f"[{node.host}]" if ":" in node.host else node.host
+    head = f"{request.method} {path} HTTP/1.1\r\nhost: {host}:{node.port}\r\n"
+    for name, value in _headers(node, request).items():
+        head += f"{name}: {value}\r\n"
+    if request.json is not None:
+        head += "content-type: application/json\r\n"
+    if body or request.method in ("POST", "PUT", "PATCH"):
+        head += f"content-length: {len(body)}\r\n"
+    return (head + "\r\n").encode("latin-1") + body
+
+
+def _str_headers(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    return tuple((name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in headers)
+
+
+class LeanTransport(Transport):
+    """`Transport` that sends node requests as bytes on `Http1Pool` connections.
+
+    `send` and `stream` (the request path) skip httpx; probes keep using httpx (the inherited
+    client), where their tolerance of odd servers matters more than speed.
+    """
+
+    def __init__(self, *, timeouts: Timeouts | None = None, **kw: Any) -> None:
+        super().__init__(timeouts=timeouts, **kw)
+        self._pool = Http1Pool()
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        await self._pool.aclose()
+        await super().aclose()
+
+    def _fail(self, node: Node, request: HttpRequest, exc: Http1Error) -> Exception:
+        what = f"{request.method} {request.path}"
+        if exc.timeout:
+            return NodeTimeoutError(f"{what} timed out: {exc}", node=node.id)
+        return ConnectError(f"{what}: {exc}", node=node.id)
+
+    async def send(self, node: Node, request: HttpRequest, *, timeout: float | None = None) -> HttpResponse:
+        """Send one request and read the whole answer. Network failures raise."""
+        started = time.perf_counter()
+        timeouts = self.timeouts
+        try:
+            answer = await self._pool.exchange(
+                _origin(node),
+                _payload(node, request),
+                connect_timeout=timeout if timeout is not None else timeouts.connect,
+                read_timeout=timeout if timeout is not None else timeouts.read,
+                head_only=request.method == "HEAD",
+            )
+            try:
+                body = await answer.read()
+            finally:
+                answer.close()
+        except Http1Error as exc:
+            raise self._fail(node, request, exc) from exc
+        return HttpResponse(
+            status=answer.status, headers=_str_headers(answer.headers), body=body, elapsed=time.perf_counter() - started
+        )
+
+    @asynccontextmanager
+    async def stream(self, node: Node, request: HttpRequest) -> AsyncIterator[Any]:
+        """Open a streamed request; the body is read piece by piece."""
+        try:
+            answer = await self._pool.exchange(
+                _origin(node),
+                _payload(node, request),
+                connect_timeout=self.timeouts.connect,
+                read_timeout=self.timeouts.read,
+            )
+        except Http1Error as exc:
+            raise self._fail(node, request, exc) from exc
+        try:
+            yield LeanStreamed(answer)
+        except Http1Error as exc:
+            raise self._fail(node, request, exc) from exc
+        finally:
+            answer.close()
+
+
+class LeanStreamed:
+    """An open streamed answer (the shape of `sollol.transport.StreamedResponse`)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+        self.status = answer.status
+        self.headers = _str_headers(answer.headers)
+
+    async def read(self) -> HttpResponse:
+        """Read the rest as a whole response (used for error answers)."""
+        return HttpResponse(status=self.status, headers=self.headers, body=await self._answer.read())
+
+    def pieces(self) -> AsyncIterator[bytes]:
+        """The body as it arrives."""
+        return self._answer.pieces()
+
+
+# -- the same pool behind httpx's API --------------------------------------------------------------
+
+
+class Http1Transport(httpx.AsyncBaseTransport):
+    """An `httpx.AsyncBaseTransport` over `Http1Pool` (HTTP/1.1 only)."""
+
+    def __init__(self, *, max_idle_per_origin: int = 256, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._pool = Http1Pool(max_idle_per_origin=max_idle_per_origin, ssl_context=ssl_context)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.scheme
+        origin: Origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        body = await request.aread()
+        head = bytearray(request.method.encode())
+        head += b" " + url.raw_path + b" HTTP/1.1\r\n"
+        for name, value in request.headers.raw:
+            head += name + b": " + value + b"\r\n"
+        head += b"\r\n"
+        try:
+            answer = await self._pool.exchange(
+                origin,
+                bytes(head) + body,
+                connect_timeout=timeouts.get("connect"),
+                read_timeout=timeouts.get("read"),
+                head_only=request.method == "HEAD",
+            )
+        except Http1Error as exc:
+            raise _httpx_error(exc, request) from exc
+        return httpx.Response(
+            answer.status,
+            headers=answer.headers,
+            stream=_HttpxBody(answer, request),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason},
+        )
+
+
+def _httpx_error(exc: Http1Error, request: httpx.Request) -> httpx.HTTPError:
+    if exc.connect:
+        return (httpx.ConnectTimeout if exc.timeout else httpx.ConnectError)(str(exc), request=request)
+    if exc.timeout:
+        return httpx.ReadTimeout(str(exc), request=request)
+    return httpx.RemoteProtocolError(str(exc), request=request)
+
+
+class _HttpxBody(httpx.AsyncByteStream):
+    def __init__(self, answer: Answer, request: httpx.Request) -> None:
+        self._answer = answer
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for piece in self._answer.pieces():
+                yield piece
+        except Http1Error as exc:
+            raise _httpx_error(exc, self._request) from exc
+
+    async def aclose(self) -> None:
+        self._answer.close()
