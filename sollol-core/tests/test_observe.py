@@ -134,6 +134,9 @@ def test_metrics_parse_and_counters_move_as_requests_are_served(cluster: Cluster
     assert {s.labels["node"] for s in requests.samples} <= {"a", "b"}
     assert total(after["sollol_request_duration_seconds"], "_count") == 5
     assert total(after["sollol_time_to_first_token_seconds"], "_count") == 2  # the two streamed answers
+    durations = after["sollol_request_duration_seconds"]
+    assert total(durations, "_bucket", le="+Inf") == 5  # cumulative buckets end at the count
+    assert total(durations, "_bucket", le="300.0") == 5 and total(durations, "_sum") > 0
     serve_some(cluster)
     assert total(cluster.metrics()["sollol_requests"], "_total") == 10
 

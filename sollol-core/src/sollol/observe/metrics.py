@@ -9,13 +9,16 @@ scrapes. It uses its own `CollectorRegistry`, never the global one.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from sollol.activity import ActivityEvent
 from sollol.observe.context import PROTOCOL
@@ -103,81 +106,145 @@ class PoolCollector(Collector):
         yield depth
 
 
+class _Histogram:
+    """Bucket counts of one label set (non-cumulative; made cumulative at scrape time)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * (size + 1)  # the last one is +Inf
+        self.total = 0.0
+
+
 class PrometheusObserver:
-    """An activity observer that keeps Prometheus metrics of one pool in its own registry."""
+    """An activity observer that keeps Prometheus metrics of one pool in its own registry.
+
+    Per event it only bumps plain counters (a dict lookup and an addition, no locks, no
+    prometheus-client objects): this runs on the pool's loop for every request. The
+    families are built from those counts when `/metrics` is scraped.
+    """
 
     def __init__(self, pool: Any, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
-        reg = self.registry
-        self.requests = Counter(
-            "sollol_requests",
-            "Attempts sent to nodes, by node, model, client protocol, operation and outcome (ok or error)",
-            ["node", "model", "protocol", "operation", "outcome"],
-            registry=reg,
-        )
-        self.failures = Counter(
-            "sollol_request_failures", "Failed attempts by node and error", ["node", "model", "error"], registry=reg
-        )
-        self.latency = Histogram(
-            "sollol_request_duration_seconds",
-            "Time from dispatch to the last byte of a served request",
-            ["node", "model", "protocol"],
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self.ttft = Histogram(
-            "sollol_time_to_first_token_seconds",
-            "Time from dispatch to the first chunk of a streamed answer",
-            ["node", "model", "protocol"],
-            buckets=TTFT_BUCKETS,
-            registry=reg,
-        )
-        self.queued = Counter(
-            "sollol_requests_queued", "Requests that had to wait for a free node", ["model"], registry=reg
-        )
-        self.node_changes = Counter(
-            "sollol_node_state_changes", "Node state changes, by the state entered", ["node", "state"], registry=reg
-        )
-        self.circuit_changes = Counter(
-            "sollol_circuit_changes", "Circuit breaker changes, by the state entered", ["node", "state"], registry=reg
-        )
-        reg.register(PoolCollector(pool))
-        self._children: dict[tuple[Any, ...], Any] = {}  # label lookups are the costly part
+        self.requests: dict[tuple[str, ...], int] = {}  # (node, model, protocol, operation, outcome)
+        self.failures: dict[tuple[str, ...], int] = {}  # (node, model, error)
+        self.latency: dict[tuple[str, ...], _Histogram] = {}  # (node, model, protocol)
+        self.ttft: dict[tuple[str, ...], _Histogram] = {}
+        self.queued: dict[tuple[str, ...], int] = {}  # (model,)
+        self.node_changes: dict[tuple[str, ...], int] = {}  # (node, state)
+        self.circuit_changes: dict[tuple[str, ...], int] = {}
+        self.registry.register(PoolCollector(pool))
+        self.registry.register(_EventCollector(self))
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    @staticmethod
+    def _observe(table: dict[tuple[str, ...], _Histogram], key: tuple[str, ...], value: float, buckets: Any) -> None:
+        histogram = table.get(key)
+        if histogram is None:
+            histogram = table[key] = _Histogram(len(buckets))
+        histogram.counts[bisect_left(buckets, value)] += 1
+        histogram.total += value
 
     @hookimpl
     def sollol_activity_event(self, event: ActivityEvent) -> None:
         """Count what happened."""
         kind = event.kind
-        data = event.data
-        node = event.node or ""
-        model = event.model or ""
         if kind == "request.finished":
+            data = event.data
+            node = event.node or ""
+            model = event.model or ""
             protocol = PROTOCOL.get()
-            self._child(self.requests, node, model, protocol, str(data.get("operation", "")), "ok").inc()
+            key = (node, model, protocol, str(data.get("operation", "")), "ok")
+            self.requests[key] = self.requests.get(key, 0) + 1
             latency = data.get("latency")
             if latency is not None:
-                self._child(self.latency, node, model, protocol).observe(latency)
+                self._observe(self.latency, (node, model, protocol), latency, LATENCY_BUCKETS)
             ttft = data.get("ttft")
             if ttft is not None:
-                self._child(self.ttft, node, model, protocol).observe(ttft)
+                self._observe(self.ttft, (node, model, protocol), ttft, TTFT_BUCKETS)
         elif kind == "request.failed":
-            protocol = PROTOCOL.get()
-            self._child(self.requests, node, model, protocol, str(data.get("operation", "")), "error").inc()
-            self._child(self.failures, node, model, str(data.get("error", "error"))).inc()
+            data = event.data
+            node = event.node or ""
+            model = event.model or ""
+            key = (node, model, PROTOCOL.get(), str(data.get("operation", "")), "error")
+            self.requests[key] = self.requests.get(key, 0) + 1
+            failure = (node, model, str(data.get("error", "error")))
+            self.failures[failure] = self.failures.get(failure, 0) + 1
         elif kind == "request.queued":
-            self._child(self.queued, model).inc()
+            waited = (event.model or "",)
+            self.queued[waited] = self.queued.get(waited, 0) + 1
         elif kind.startswith("node."):
-            self._child(self.node_changes, node, kind[5:]).inc()
+            change = (event.node or "", kind[5:])
+            self.node_changes[change] = self.node_changes.get(change, 0) + 1
         elif kind.startswith("circuit."):
-            self._child(self.circuit_changes, node, kind[8:]).inc()
+            change = (event.node or "", kind[8:])
+            self.circuit_changes[change] = self.circuit_changes.get(change, 0) + 1
 
     def render(self) -> bytes:
         """The exposition text."""
         return bytes(generate_latest(self.registry))
+
+
+def _le(bound: float) -> str:
+    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
+
+
+class _EventCollector(Collector):
+    """The counters and histograms of a `PrometheusObserver`, as metric families."""
+
+    def __init__(self, observer: PrometheusObserver) -> None:
+        self.observer = observer
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family, including empty ones (so dashboards see the names from the start)."""
+        o = self.observer
+        counters: tuple[tuple[str, str, list[str], dict[tuple[str, ...], int]], ...] = (
+            (
+                "sollol_requests",
+                "Attempts sent to nodes, by node, model, client protocol, operation and outcome (ok or error)",
+                ["node", "model", "protocol", "operation", "outcome"],
+                o.requests,
+            ),
+            ("sollol_request_failures", "Failed attempts by node and error", ["node", "model", "error"], o.failures),
+            ("sollol_requests_queued", "Requests that had to wait for a free node", ["model"], o.queued),
+            (
+                "sollol_node_state_changes",
+                "Node state changes, by the state entered",
+                ["node", "state"],
+                o.node_changes,
+            ),
+            (
+                "sollol_circuit_changes",
+                "Circuit breaker changes, by the state entered",
+                ["node", "state"],
+                o.circuit_changes,
+            ),
+        )
+        for name, doc, labels, table in counters:
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, value in list(table.items()):
+                family.add_metric(list(key), float(value))
+            yield family
+        histograms: tuple[tuple[str, str, dict[tuple[str, ...], _Histogram], tuple[float, ...]], ...] = (
+            (
+                "sollol_request_duration_seconds",
+                "Time from dispatch to the last byte of a served request",
+                o.latency,
+                LATENCY_BUCKETS,
+            ),
+            (
+                "sollol_time_to_first_token_seconds",
+                "Time from dispatch to the first chunk of a streamed answer",
+                o.ttft,
+                TTFT_BUCKETS,
+            ),
+        )
+        for name, doc, by_labels, bounds in histograms:
+            hist = HistogramMetricFamily(name, doc, labels=["node", "model", "protocol"])
+            for key, histogram in list(by_labels.items()):
+                running = 0
+                buckets = []
+                for bound, count in zip((*bounds, math.inf), histogram.counts, strict=True):
+                    running += count
+                    buckets.append((_le(bound), float(running)))
+                hist.add_metric(list(key), buckets, sum_value=histogram.total)
+            yield hist

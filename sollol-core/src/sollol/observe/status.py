@@ -24,7 +24,7 @@ from sollol.plugins import hookimpl
 #: Version of the document's shape; bumped only for incompatible changes.
 SCHEMA = 1
 
-_DECISION: ContextVar[dict[str, Any] | None] = ContextVar("sollol_decision", default=None)
+_DECISION: ContextVar[list[Any] | None] = ContextVar("sollol_decision", default=None)
 _SECRET = re.compile(
     r"(?i)(bearer\s+|basic\s+|api[_-]?key[=:]\s*|token[=:]\s*|password[=:]\s*)\S+|(//[^/@\s:]*:)[^/@\s]*@"
 )
@@ -48,7 +48,7 @@ class StatusFeed:
     def __init__(self, *, decisions: int = 40, window: int = 120, clock: Callable[[], float] = time.time) -> None:
         self.window = window
         self._clock = clock
-        self._decisions: deque[dict[str, Any]] = deque(maxlen=decisions)
+        self._decisions: deque[list[Any]] = deque(maxlen=decisions)
         # [second, requests, errors, latency sum, latency max, ttft sum, ttft count, {node: requests}]
         self._buckets: deque[list[Any]] = deque(maxlen=window)
         self._waiter: asyncio.Future[None] | None = None
@@ -59,38 +59,23 @@ class StatusFeed:
         """Take in one event (cheap: a dict, a deque append, a few additions)."""
         kind = event.kind
         if kind == "request.routed":
-            data = event.data
-            decision = {
-                "at": event.at,
-                "node": event.node,
-                "model": event.model,
-                "operation": data.get("operation"),
-                "protocol": PROTOCOL.get(),
-                "policy": data.get("policy"),
-                "score": data.get("score"),
-                "parts": data.get("parts") or {},
-                "attempt": data.get("attempt", 1),
-                "tried": data.get("tried") or [],
-                "queued": data.get("queued") or 0.0,
-                "outcome": "running",
-                "latency": None,
-                "error": None,
-            }
+            # [event, protocol, outcome, latency, error]; made into JSON only when read
+            decision: list[Any] = [event, PROTOCOL.get(), "running", None, None]
             self._decisions.append(decision)
             _DECISION.set(decision)
         elif kind == "request.finished":
             latency = event.data.get("latency")
             self._count(event, False, latency, event.data.get("ttft"))
             current = _DECISION.get()
-            if current is not None and current["node"] == event.node:
-                current["outcome"] = "ok"
-                current["latency"] = latency
+            if current is not None and current[0].node == event.node:
+                current[2] = "ok"
+                current[3] = latency
         elif kind == "request.failed":
             self._count(event, True, None, None)
             current = _DECISION.get()
-            if current is not None and current["node"] == event.node:
-                current["outcome"] = "error"
-                current["error"] = redact(str(event.data.get("reason") or event.data.get("error") or "failed"))
+            if current is not None and current[0].node == event.node:
+                current[2] = "error"
+                current[4] = str(event.data.get("reason") or event.data.get("error") or "failed")
         elif kind.startswith(_NODE_EVENTS):
             self.notify()
 
@@ -138,9 +123,25 @@ class StatusFeed:
     def decisions(self) -> list[dict[str, Any]]:
         """The last routing decisions, newest first, each with a readable `reason`."""
         out = []
-        for decision in reversed(self._decisions):
-            item = dict(decision)
-            item["reason"] = _reason(decision)
+        for event, protocol, outcome, latency, error in reversed(self._decisions):
+            data = event.data
+            item = {
+                "at": event.at,
+                "node": event.node,
+                "model": event.model,
+                "operation": data.get("operation"),
+                "protocol": protocol,
+                "policy": data.get("policy"),
+                "score": data.get("score"),
+                "parts": dict(data.get("parts") or {}),
+                "attempt": data.get("attempt", 1),
+                "tried": list(data.get("tried") or []),
+                "queued": data.get("queued") or 0.0,
+                "outcome": outcome,
+                "latency": latency,
+                "error": redact(error),
+            }
+            item["reason"] = _reason(item)
             out.append(item)
         return out
 

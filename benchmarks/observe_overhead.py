@@ -1,0 +1,267 @@
+"""What observability costs the gateway: the same gateway with and without its observers.
+
+Two gateway processes over one emulated Ollama node that answers at once: one built with
+`Gateway(pool, observe=False)` (no observers, no /metrics or dashboard), one with everything
+on (`observe=True`: Prometheus metrics, the dashboard's feed, the event log) AND, while it is
+measured, a live dashboard client on `/api/sollol/events` plus a Prometheus scraper pulling
+`/metrics` every second (a busier scrape than Prometheus' default 15 s). The load alternates
+between the two, round after round, streamed and not; the result is the median throughput
+ratio (target: at least 0.95, i.e. under 5% cost) and the CPU time per request of each.
+
+    python benchmarks/observe_overhead.py [--seconds 3] [--rounds 3] [--clients 16,64]
+    nox -s bench_observe
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from gateway import HOST, MODEL, cpu_seconds, free_port, load, start_node, stop, wait_http  # noqa: E402
+
+GATEWAY = """
+import asyncio, sys, uvicorn
+from sollol.gateway import Gateway
+from sollol.pool import AsyncPool
+observe = sys.argv[1] == "on"
+app = Gateway(AsyncPool([{{"url": "http://{host}:{node}", "backend": "ollama"}}]), observe=observe)
+config = uvicorn.Config(app, host="{host}", port={port}, lifespan="on", log_level="warning", access_log=False,
+                        server_header=False, date_header=False, backlog=2048)
+try:
+    import uvloop
+    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+except ImportError:
+    runner = asyncio.Runner()
+with runner:
+    runner.run(uvicorn.Server(config).serve())
+"""
+
+WATCHER = """
+import sys, threading, time, httpx
+base = "http://{host}:{port}"
+def dashboard():
+    with httpx.Client(base_url=base, timeout=None) as client:
+        with client.stream("GET", "/api/sollol/events") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: status"):
+                    print("ready", flush=True)
+threading.Thread(target=dashboard, daemon=True).start()
+with httpx.Client(base_url=base, timeout=10) as client:
+    while True:
+        assert client.get("/metrics").status_code == 200
+        time.sleep(1.0)
+"""
+
+
+def start_gateway(port: int, node_port: int, observe: bool) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOLLOL_", "OLLAMA_"))}
+    code = GATEWAY.format(host=HOST, node=node_port, port=port)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "on" if observe else "off"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    wait_http(port, "/api/tags", time.perf_counter() + 30, proc, MODEL.encode())
+    return proc
+
+
+def start_watcher(port: int) -> subprocess.Popen[bytes]:
+    """A dashboard on the event stream and a once-a-second /metrics scraper; returns once the stream is live."""
+    proc = subprocess.Popen([sys.executable, "-c", WATCHER.format(host=HOST, port=port)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        raise RuntimeError("the dashboard client did not get the event stream")
+    return proc
+
+
+def measure(port: int, pid: int, clients: int, stream: bool, seconds: float) -> dict[str, Any]:
+    before = cpu_seconds(pid)
+    result = asyncio.run(load(port, clients, stream, seconds))
+    result["cpu_ms_per_request"] = (cpu_seconds(pid) - before) / max(result["all_requests"], 1) * 1000
+    return result
+
+
+def run(seconds: float, rounds: int, concurrency: Sequence[int]) -> list[dict[str, Any]]:
+    node_port, off_port, on_port = free_port(), free_port(), free_port()
+    node = start_node(node_port)
+    procs: list[subprocess.Popen[bytes]] = [node]
+    rows = []
+    try:
+        off = start_gateway(off_port, node_port, observe=False)
+        procs.append(off)
+        on = start_gateway(on_port, node_port, observe=True)
+        procs.append(on)
+        for stream in (False, True):
+            for clients in concurrency:
+                ratios, offs, ons = [], [], []
+                for _ in range(rounds):
+                    plain = measure(off_port, off.pid, clients, stream, seconds)
+                    watcher = start_watcher(on_port)
+                    try:
+                        observed = measure(on_port, on.pid, clients, stream, seconds)
+                    finally:
+                        stop(watcher)
+                    offs.append(plain)
+                    ons.append(observed)
+                    ratios.append(observed["rps"] / plain["rps"] if plain["rps"] else float("nan"))
+                row = {
+                    "stream": stream,
+                    "clients": clients,
+                    "rps_off": statistics.median(r["rps"] for r in offs),
+                    "rps_on": statistics.median(r["rps"] for r in ons),
+                    "ratio": statistics.median(ratios),
+                    "ratios": ratios,
+                    "cpu_off": statistics.median(r["cpu_ms_per_request"] for r in offs),
+                    "cpu_on": statistics.median(r["cpu_ms_per_request"] for r in ons),
+                    "p50_off": statistics.median(r["p50_ms"] for r in offs),
+                    "p50_on": statistics.median(r["p50_ms"] for r in ons),
+                    "errors": sum(r["errors"] for r in offs + ons),
+                }
+                rows.append(row)
+                print(describe(row), flush=True)
+        return rows
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def micro(requests: int = 20000) -> dict[str, float]:
+    """In-process cost, immune to a busy machine: what the observers add per request, per scrape, per push."""
+    from sollol.activity import Activity, LoadedModel, ModelInfo
+    from sollol.activity import ActivityEvent as Event
+    from sollol.node import Node
+    from sollol.observe import Observability, status_document
+    from sollol.observe.context import PROTOCOL
+    from sollol.plugins import Plugins
+    from sollol.routing import PoolNode
+
+    class Pool:
+        """Five nodes as the pool describes them; the observers' own pool is never started."""
+
+        def __init__(self) -> None:
+            self.plugins = Plugins.load()
+            self._nodes = []
+            for index in range(5):
+                pnode = PoolNode(Node(host="127.0.0.1", port=11434 + index, name=f"node-{index}", backend="ollama"))
+                pnode.models = {f"m{k}:latest": ModelInfo(name=f"m{k}:latest") for k in range(4)}
+                pnode.set_activity(Activity(loaded=(LoadedModel(name="m0:latest"),), vram_used=3, vram_total=8))
+                self._nodes.append(pnode)
+
+        def nodes(self) -> list[dict[str, Any]]:
+            return [p.snapshot() for p in self._nodes]
+
+        def queued(self) -> int:
+            return 0
+
+    pool = Pool()
+    plugins = pool.plugins
+    hooks = plugins.pm.hook.sollol_activity_event
+
+    def one_request() -> None:
+        # What the pool and the gateway do per request once observers exist (none: only the check).
+        token = PROTOCOL.set("ollama")
+        if hooks.get_hookimpls():
+            routed = {
+                "operation": "chat",
+                "policy": "sollol",
+                "score": 0.1,
+                "parts": {"load": 0.0, "cold": 0.0},
+                "attempt": 1,
+                "tried": ["node-1"],
+                "queued": 0.0,
+            }
+            plugins.emit(Event(kind="request.routed", node="node-1", model="m0", data=routed))
+            finished = {
+                "operation": "chat",
+                "latency": 0.004,
+                "ttft": None,
+                "chunks": 0,
+                "attempts": 1,
+                "queued": 0.0,
+                "cold_load": 0.0,
+            }
+            plugins.emit(Event(kind="request.finished", node="node-1", model="m0", data=finished))
+        PROTOCOL.reset(token)
+
+    def per_call(fn: Any, count: int) -> float:
+        started = time.process_time()
+        for _ in range(count):
+            fn()
+        return (time.process_time() - started) / count * 1e6
+
+    without = per_call(one_request, requests)
+    observe = Observability(pool)
+    with_observers = per_call(one_request, requests)
+    scrape = per_call(observe.metrics.render, 200)
+    push = per_call(lambda: status_document(pool, observe.feed), 200)
+    observe.close()
+    return {"request_us_without": without, "request_us_with": with_observers, "scrape_us": scrape, "push_us": push}
+
+
+def describe(row: dict[str, Any]) -> str:
+    return (
+        f"{'stream' if row['stream'] else 'plain '} c={row['clients']:<3} "
+        f"req/s {row['rps_off']:.0f} -> {row['rps_on']:.0f} (ratio {row['ratio']:.3f}; rounds "
+        f"{', '.join(f'{r:.3f}' for r in row['ratios'])}) "
+        f"cpu {row['cpu_off']:.3f} -> {row['cpu_on']:.3f} ms/req p50 {row['p50_off']:.2f} -> {row['p50_on']:.2f} ms "
+        f"errors {row['errors']}"
+    )
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| mode | clients | req/s without | req/s with observability | ratio (median) | cost "
+        "| gateway CPU/req without / with (ms) | p50 without / with (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {'stream' if row['stream'] else 'non-stream'} | {row['clients']} | {row['rps_off']:.0f} "
+            f"| {row['rps_on']:.0f} | {row['ratio']:.3f} | {(1 - row['ratio']) * 100:+.1f}% "
+            f"| {row['cpu_off']:.3f} / {row['cpu_on']:.3f} | {row['p50_off']:.2f} / {row['p50_on']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each side per scenario (alternating)")
+    parser.add_argument("--clients", default="16,64", help="concurrency levels, comma separated")
+    parser.add_argument("--micro-only", action="store_true", help="only the in-process measurement")
+    args = parser.parse_args(argv)
+    costs = micro()
+    added = costs["request_us_with"] - costs["request_us_without"]
+    print(
+        f"in-process: observers add {added:.1f} us of CPU per request "
+        f"({costs['request_us_without']:.1f} -> {costs['request_us_with']:.1f} us); "
+        f"a /metrics scrape costs {costs['scrape_us'] / 1000:.2f} ms, a dashboard push "
+        f"{costs['push_us'] / 1000:.2f} ms (5 nodes, each once a second per client)"
+    )
+    if args.micro_only:
+        return 0
+    rows = run(args.seconds, args.rounds, [int(c) for c in args.clients.split(",")])
+    print()
+    print(markdown(rows))
+    worst = min(row["ratio"] for row in rows)
+    cpu = statistics.median(row["cpu_off"] for row in rows)
+    print(f"\nworst median throughput ratio {worst:.3f}: {(1 - worst) * 100:.1f}% of throughput (target < 5%)")
+    print(
+        f"per request, the observers' {added:.1f} us are {added / (cpu * 1000) * 100:.1f}% of the gateway's "
+        f"{cpu:.3f} ms of CPU (median, without observability)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
