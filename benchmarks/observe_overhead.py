@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gateway import HOST, MODEL, cpu_seconds, free_port, load, start_node, stop, wait_http  # noqa: E402
+from gateway import HOST, MODEL, cpu_seconds, free_port, load, start_node, stop, wait_http
 
 GATEWAY = """
 import asyncio, sys, uvicorn
