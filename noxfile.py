@@ -140,3 +140,14 @@ def bench_gateway(session: nox.Session) -> None:
     """The gateway against calling a node directly (benchmarks/gateway.py)."""
     session.install(*_editable(CORE, "plugins/sollol-ollama"))
     session.run("python", str(ROOT / "benchmarks" / "gateway.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_routing(session: nox.Session) -> None:
+    """Every routing policy against a clairvoyant bound on emulated Ollama clusters (benchmarks/routing.py).
+
+    nox -s bench_routing                 # the full trace (about 3 minutes on 2 cores)
+    nox -s bench_routing -- --quick      # a short smoke run
+    """
+    session.install("uvicorn>=0.30", *_editable(CORE, "plugins/sollol-ollama"))
+    session.run("python", str(ROOT / "benchmarks" / "routing.py"), *session.posargs)

@@ -139,14 +139,18 @@ class ToyBackend:
         return ChatResult(model=data["model"], text=data["text"], usage=_usage(data), raw=data)
 
     def chat_stream(self, request: ChatRequest) -> StreamPlan:
-        return StreamPlan(request=HttpRequest.post("/chat", json=self._body(request, True), stream=True), decoder=ToyStream)
+        return StreamPlan(
+            request=HttpRequest.post("/chat", json=self._body(request, True), stream=True), decoder=ToyStream
+        )
 
     def generate(self, request: GenerateRequest) -> Exchange[GenerateResult]:
         data = self._ok((yield from fetch(HttpRequest.post("/generate", json=self._body(request, False)))))
         return GenerateResult(model=data["model"], text=data["text"], usage=_usage(data), raw=data)
 
     def generate_stream(self, request: GenerateRequest) -> StreamPlan:
-        return StreamPlan(request=HttpRequest.post("/generate", json=self._body(request, True), stream=True), decoder=ToyStream)
+        return StreamPlan(
+            request=HttpRequest.post("/generate", json=self._body(request, True), stream=True), decoder=ToyStream
+        )
 
     def embed(self, request: EmbedRequest) -> Exchange[EmbedResult]:
         body = {"model": request.model, "input": list(request.inputs), **request.params}
@@ -244,7 +248,9 @@ class ToyEmulator(Emulator):
                             return
                         await self.pace()
                         yield (json.dumps({"model": name, "text": token}) + "\n").encode()
-                    yield (json.dumps({"model": name, "done": True, "tokens": len(tokens), "load": load}) + "\n").encode()
+                    yield (
+                        json.dumps({"model": name, "done": True, "tokens": len(tokens), "load": load}) + "\n"
+                    ).encode()
                 finally:
                     self.leave()
 
@@ -262,7 +268,9 @@ class ToyEmulator(Emulator):
 
 def toy(name: str, *models: str | EmulatedModel, **settings: Any) -> ToyEmulator:
     """A toy emulator called `name` serving `models` (names or EmulatedModels)."""
-    built = [m if isinstance(m, EmulatedModel) else EmulatedModel(name=m) for m in models] or [EmulatedModel(name="llama3.2:latest")]
+    built = [m if isinstance(m, EmulatedModel) else EmulatedModel(name=m) for m in models] or [
+        EmulatedModel(name="llama3.2:latest")
+    ]
     return ToyEmulator(EmulatorConfig(name=name, models=built, **settings))
 
 

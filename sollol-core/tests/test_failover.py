@@ -105,7 +105,9 @@ def test_a_stale_inventory_404_fails_over_and_forgets_the_model(loopback_servers
     nodes = list(cluster_nodes(loopback_servers, a, b))
 
     async def main() -> None:
-        async with AsyncPool(nodes, plugins=toy_plugins(), health_interval=0, refresh_interval=0, policy="round_robin") as pool:
+        async with AsyncPool(
+            nodes, plugins=toy_plugins(), health_interval=0, refresh_interval=0, policy="round_robin"
+        ) as pool:
             a.config.models.clear()  # a deleted the model since the pool read its inventory
             results = [await pool.chat("llama3.2", HI) for _ in range(3)]
             assert {r.route.node for r in results} == {"b"}  # type: ignore[union-attr]

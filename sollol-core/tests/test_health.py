@@ -141,7 +141,9 @@ def test_server_errors_open_the_circuit_and_a_probe_half_opens_it(loopback_serve
     recorder = Recorder()
 
     async def main() -> None:
-        async with AsyncPool(nodes, plugins=toy_plugins(recorder), health_interval=0, failure_threshold=2, policy="round_robin") as pool:
+        async with AsyncPool(
+            nodes, plugins=toy_plugins(recorder), health_interval=0, failure_threshold=2, policy="round_robin"
+        ) as pool:
             for _ in range(6):
                 result = await pool.chat("llama3.2", HI)
                 assert result.route is not None and result.route.node == "b"

@@ -32,7 +32,9 @@ class _Toy:
     operations = frozenset({"chat", "generate", "embed"})
 
 
-def pnode(name: str, *models: str | ModelInfo, loaded: Sequence[str] | None = None, limit: int | None = None) -> PoolNode:
+def pnode(
+    name: str, *models: str | ModelInfo, loaded: Sequence[str] | None = None, limit: int | None = None
+) -> PoolNode:
     node = PoolNode(Node(host="127.0.0.1", port=1000 + hash(name) % 1000, name=name, max_concurrency=limit), _Toy())  # type: ignore[arg-type]
     infos = [m if isinstance(m, ModelInfo) else ModelInfo(name=m) for m in models]
     from sollol.codec import model_key
@@ -52,7 +54,7 @@ def pick(r: Router, request: Request, exclude: Sequence[str] = ()) -> str | None
     eligible = r.eligible(targets, request, needs_of(request), list(exclude))
     if not eligible:
         return None
-    choice, target = r.choose(eligible, request)
+    choice, _ = r.choose(eligible, request)
     return choice.node.id
 
 
@@ -89,7 +91,9 @@ def test_request_sent_to_a_node_carries_that_nodes_name(loopback_servers: Any) -
     aliases = {"llama": {"a": "llama3.2:3b", "b": "meta-llama/Llama-3.2-3B-Instruct"}}
 
     async def main() -> None:
-        async with AsyncPool(nodes, plugins=toy_plugins(), aliases=aliases, policy="round_robin", health_interval=0) as pool:
+        async with AsyncPool(
+            nodes, plugins=toy_plugins(), aliases=aliases, policy="round_robin", health_interval=0
+        ) as pool:
             served = {(await pool.chat("llama", HI)).route.node for _ in range(4)}  # type: ignore[union-attr]
             assert served == {"a", "b"}
             assert "llama" in pool.models()
@@ -147,7 +151,9 @@ def test_needs_of_requests() -> None:
     assert needs_of(chat(tools=[{"type": "function"}])) == {"tools"}
     assert needs_of(chat(think=True)) == {"thinking"}
     assert needs_of(chat(think=False)) == frozenset()
-    assert needs_of(ChatRequest(model="m", messages=[{"role": "user", "content": "x", "images": ["aGk="]}])) == {"vision"}
+    assert needs_of(ChatRequest(model="m", messages=[{"role": "user", "content": "x", "images": ["aGk="]}])) == {
+        "vision"
+    }
     assert needs_of(GenerateRequest(model="m", prompt="x", params={"images": ["aGk="]})) == {"vision"}
     assert needs_of(EmbedRequest(model="m", inputs=["x"])) == {"embedding"}
 
@@ -270,10 +276,14 @@ def test_sollol_weighs_speed_against_queue() -> None:
 def test_affinity_keeps_a_prefix_on_one_node_until_it_is_overloaded() -> None:
     nodes = [pnode(n, "llama3.2") for n in "abcd"]
     r = router(nodes, Affinity())
-    request = ChatRequest(model="llama3.2", messages=[{"role": "system", "content": "shared"}, {"role": "user", "content": "q"}])
+    request = ChatRequest(
+        model="llama3.2", messages=[{"role": "system", "content": "shared"}, {"role": "user", "content": "q"}]
+    )
     home = pick(r, request)
     assert {pick(r, request) for _ in range(10)} == {home}
-    spread = {pick(r, ChatRequest(model="llama3.2", messages=[{"role": "user", "content": f"q{i}"}])) for i in range(40)}
+    spread = {
+        pick(r, ChatRequest(model="llama3.2", messages=[{"role": "user", "content": f"q{i}"}])) for i in range(40)
+    }
     assert len(spread) >= 3
     by_id = {p.id: p for p in nodes}
     by_id[home].in_flight = 10  # far over the bound: the prefix spills to the next node on the ring
@@ -317,7 +327,11 @@ def test_a_third_party_policy_registers_through_the_hook(loopback_servers: Any) 
             for _ in range(3):
                 result = await pool.chat("llama3.2", HI)
                 assert result.route is not None
-                assert (result.route.node, result.route.policy, result.route.parts) == ("a", "first_by_name", (("alphabet", 1.0),))
+                assert (result.route.node, result.route.policy, result.route.parts) == (
+                    "a",
+                    "first_by_name",
+                    (("alphabet", 1.0),),
+                )
 
     run(main())
 

@@ -29,7 +29,9 @@ class ModelStats:
 
     __slots__ = ("mark", "per_token", "samples", "tokens", "ttft")
 
-    def __init__(self, ttft: float = DEFAULT_TTFT, per_token: float = DEFAULT_PER_TOKEN, tokens: float = DEFAULT_TOKENS) -> None:
+    def __init__(
+        self, ttft: float = DEFAULT_TTFT, per_token: float = DEFAULT_PER_TOKEN, tokens: float = DEFAULT_TOKENS
+    ) -> None:
         self.ttft = ttft
         self.per_token = per_token
         self.tokens = tokens
@@ -37,7 +39,7 @@ class ModelStats:
         self.mark = 0  # `samples` when the estimate last decayed
 
     def __repr__(self) -> str:
-        return f"<ModelStats ttft={self.ttft:.3g}s per_token={self.per_token:.3g}s tokens={self.tokens:.3g} n={self.samples}>"
+        return f"<ModelStats ttft={self.ttft:.3g}s per_token={self.per_token:.3g}s n={self.samples}>"
 
     def observe(self, *, ttft: float | None = None, per_token: float | None = None, tokens: int | None = None) -> None:
         """Fold one finished request into the averages (the first one replaces the prior)."""
@@ -92,7 +94,7 @@ def split_timing(total: float, tokens: int | None, guess: ModelStats) -> tuple[f
 class LoadCost:
     """What loading a model that is not resident costs on one node (seconds), learned."""
 
-    __slots__ = ("seconds", "samples")
+    __slots__ = ("samples", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds

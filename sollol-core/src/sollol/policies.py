@@ -129,7 +129,9 @@ class Affinity:
         for hops, node_id in enumerate(router.ring.walk(key)):
             pnode = by_id.get(node_id)
             if pnode is not None and pnode.load < bound:
-                return Choice(node=pnode, score=-float(hops), parts=(("hops", float(hops)), ("load", float(pnode.load))))
+                return Choice(
+                    node=pnode, score=-float(hops), parts=(("hops", float(hops)), ("load", float(pnode.load)))
+                )
         return LeastLoaded().choose(candidates, request, rng)
 
 
@@ -161,7 +163,7 @@ class Sollol:
         if self.affinity and len(targets) > 1 and isinstance(candidates, Candidates) and candidates.router is not None:
             key = request.prompt_key
             if key:
-                owner = candidates.router.ring.owner(key, {t.pnode.id for t in targets})
+                owner = candidates.router.ring.owner(key, {p.id for p in candidates})
         spread = self.spread
         best = math.inf
         tied: list[Target] = []
@@ -170,20 +172,26 @@ class Sollol:
             stats = target.stats
             service = stats.ttft + stats.per_token * tokens
             load = pnode.in_flight + pnode.reserved
-            if pnode.reported_load > load:
-                load = pnode.reported_load
+            reported = pnode.reported_load
+            if reported > load:
+                load = reported
             slots = pnode.slots
             ahead = load + 1 - slots
-            cost = service * (1.0 + spread * load / slots + (ahead / slots if ahead > 0 else 0.0))
+            if ahead > 0:
+                cost = service * (1.0 + (spread * load + ahead) / slots)
+            else:
+                cost = service * (1.0 + spread * load / slots)
             loaded = pnode.loaded_keys
             if loaded is not None and target.key not in loaded:
                 cost += self._cold(target, service)
-            if pnode.kv_cache_usage is not None and pnode.kv_cache_usage > 0.9:
-                cost += service * (pnode.kv_cache_usage - 0.9) * 10.0
-            if owner is not None and pnode.id == owner and load < slots:
+            kv = pnode.kv_cache_usage
+            if kv is not None and kv > 0.9:
+                cost += service * (kv - 0.9) * 10.0
+            if owner is not None and ahead < 1 and pnode.id == owner:
                 cost -= self.affinity * stats.ttft
             if cost < best - _EPSILON:
-                best, tied = cost, [target]
+                best = cost
+                tied = [target]
             elif cost <= best + _EPSILON:
                 tied.append(target)
         pick = tied[0] if len(tied) == 1 else rng.choice(tied)

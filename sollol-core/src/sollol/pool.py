@@ -35,13 +35,13 @@ from sollol.errors import (
     ConfigError,
     ConnectError,
     ModelNotFoundError,
+    NodeTimeoutError,
     NoNodeForModelError,
     OverloadedError,
     PoolClosedError,
     ProtocolError,
     SollolError,
     StreamInterruptedError,
-    NodeTimeoutError,
     UnavailableError,
 )
 from sollol.health import CircuitState
@@ -327,7 +327,9 @@ class AsyncPool:
         if state is not NodeState.UP:
             pnode.last_error = reason
         log.info("node %s: %s -> %s%s", pnode.id, previous.value, state.value, f" ({reason})" if reason else "")
-        self._emit("node." + state.value.replace("-", "_"), pnode.id, data={"reason": reason, "previous": previous.value})
+        self._emit(
+            "node." + state.value.replace("-", "_"), pnode.id, data={"reason": reason, "previous": previous.value}
+        )
 
     def _decay(self, elapsed: float) -> None:
         """Let estimates that got no news drift back toward the cluster's."""
@@ -343,14 +345,18 @@ class AsyncPool:
     def _observed(self) -> bool:
         return bool(self.plugins.pm.hook.sollol_activity_event.get_hookimpls())
 
-    def _emit(self, kind: str, node: str | None = None, model: str | None = None, data: Mapping[str, Any] | None = None) -> None:
+    def _emit(
+        self, kind: str, node: str | None = None, model: str | None = None, data: Mapping[str, Any] | None = None
+    ) -> None:
         self.plugins.emit(ActivityEvent(kind=kind, node=node, model=model, data=dict(data or {})))
 
     def nodes(self) -> list[dict[str, Any]]:
         """What the pool knows of each node, as JSON objects."""
-        return [p.snapshot() for p in self._nodes] if self._nodes else [
-            {"id": n.id, "url": n.url, "backend": n.backend, "state": "unknown"} for n in self._given
-        ]
+        return (
+            [p.snapshot() for p in self._nodes]
+            if self._nodes
+            else [{"id": n.id, "url": n.url, "backend": n.backend, "state": "unknown"} for n in self._given]
+        )
 
     def models(self) -> list[str]:
         """Every model some node serves, and every alias that resolves to one."""
@@ -371,10 +377,34 @@ class AsyncPool:
     # -- the API -------------------------------------------------------------------------------
 
     @overload
-    async def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: Literal[False] = ..., options: Mapping[str, Any] | None = ..., **params: Any) -> ChatResult: ...
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: Literal[False] = ...,
+        options: Mapping[str, Any] | None = ...,
+        **params: Any,
+    ) -> ChatResult: ...
     @overload
-    async def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: Literal[True], options: Mapping[str, Any] | None = ..., **params: Any) -> AsyncIterator[Chunk]: ...
-    async def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False, options: Mapping[str, Any] | None = None, **params: Any) -> ChatResult | AsyncIterator[Chunk]:
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: Literal[True],
+        options: Mapping[str, Any] | None = ...,
+        **params: Any,
+    ) -> AsyncIterator[Chunk]: ...
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: bool = False,
+        options: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> ChatResult | AsyncIterator[Chunk]:
         """Chat with `model`. With `stream=True`, an async iterator of chunks.
 
         `priority=` (an int, higher first) orders the request in the wait queue; it is
@@ -388,10 +418,34 @@ class AsyncPool:
         return await self._serve(request, ChatResult, priority)
 
     @overload
-    async def generate(self, model: str, prompt: str = ..., *, stream: Literal[False] = ..., options: Mapping[str, Any] | None = ..., **params: Any) -> GenerateResult: ...
+    async def generate(
+        self,
+        model: str,
+        prompt: str = ...,
+        *,
+        stream: Literal[False] = ...,
+        options: Mapping[str, Any] | None = ...,
+        **params: Any,
+    ) -> GenerateResult: ...
     @overload
-    async def generate(self, model: str, prompt: str = ..., *, stream: Literal[True], options: Mapping[str, Any] | None = ..., **params: Any) -> AsyncIterator[Chunk]: ...
-    async def generate(self, model: str, prompt: str = "", *, stream: bool = False, options: Mapping[str, Any] | None = None, **params: Any) -> GenerateResult | AsyncIterator[Chunk]:
+    async def generate(
+        self,
+        model: str,
+        prompt: str = ...,
+        *,
+        stream: Literal[True],
+        options: Mapping[str, Any] | None = ...,
+        **params: Any,
+    ) -> AsyncIterator[Chunk]: ...
+    async def generate(
+        self,
+        model: str,
+        prompt: str = "",
+        *,
+        stream: bool = False,
+        options: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> GenerateResult | AsyncIterator[Chunk]:
         """Complete `prompt` with `model`. With `stream=True`, an async iterator of chunks."""
         priority = int(params.pop("priority", 0) or 0)
         request = GenerateRequest(model=model, prompt=prompt, options=options or {}, params=params)
@@ -400,7 +454,9 @@ class AsyncPool:
             return self._stream(request, priority)
         return await self._serve(request, GenerateResult, priority)
 
-    async def embed(self, model: str, input: str | Sequence[str], *, options: Mapping[str, Any] | None = None, **params: Any) -> EmbedResult:
+    async def embed(
+        self, model: str, input: str | Sequence[str], *, options: Mapping[str, Any] | None = None, **params: Any
+    ) -> EmbedResult:
         """Embed one text or several with `model`."""
         priority = int(params.pop("priority", 0) or 0)
         inputs = (input,) if isinstance(input, str) else tuple(input)
@@ -414,7 +470,9 @@ class AsyncPool:
         result: Result = await self._serve(request, kind, rank)
         return result
 
-    async def stream(self, request: ChatRequest | GenerateRequest, *, priority: int | None = None) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, request: ChatRequest | GenerateRequest, *, priority: int | None = None
+    ) -> AsyncIterator[Chunk]:
         """Serve a request value as a stream."""
         await self.start()
         plain, rank = _take_priority(request, priority)
@@ -430,13 +488,17 @@ class AsyncPool:
             capable = [t for t in every if t.serves(needs, request.operation)]
             if not capable:
                 what = ", ".join(sorted(needs)) or request.operation
-                return NoNodeForModelError(
-                    request.model, self.models(), f"no node's {request.model!r} supports {what}"
-                )
+                return NoNodeForModelError(request.model, self.models(), f"no node's {request.model!r} supports {what}")
             return AllNodesFailedError(
                 request.model,
                 [
-                    (t.pnode.id, ConnectError(f"node is {t.pnode.state.value}, circuit {t.pnode.breaker.state.value}: {t.pnode.last_error or 'no answer'}"))
+                    (
+                        t.pnode.id,
+                        ConnectError(
+                            f"node is {t.pnode.state.value}, circuit {t.pnode.breaker.state.value}: "
+                            f"{t.pnode.last_error or 'no answer'}"
+                        ),
+                    )
                     for t in capable
                 ],
             )
@@ -469,7 +531,8 @@ class AsyncPool:
             return choice, target, False, 0.0
         operation = request.operation
         full = [
-            t for t in targets
+            t
+            for t in targets
             if t.pnode.id not in tried and t.pnode.full and t.pnode.available() and t.serves(needs, operation)
         ]
         if not full:
@@ -478,7 +541,12 @@ class AsyncPool:
             raise self._nothing_serves(request, needs)
         timeout = min(self.queue_timeout, deadline - time.monotonic())
         if self._observed():
-            self._emit("request.queued", None, request.model, {"operation": request.operation, "depth": len(self._queue) + 1, "priority": priority})
+            self._emit(
+                "request.queued",
+                None,
+                request.model,
+                {"operation": request.operation, "depth": len(self._queue) + 1, "priority": priority},
+            )
         began = time.monotonic()
         pnode = await self._queue.wait({t.pnode.id for t in full}, request.model, priority=priority, timeout=timeout)
         waited = time.monotonic() - began
@@ -500,7 +568,9 @@ class AsyncPool:
             return backend.generate(request)
         return backend.embed(request)
 
-    def _route(self, choice: Choice, tried: list[str], failures: list[tuple[str, BaseException]], queued: float) -> Route:
+    def _route(
+        self, choice: Choice, tried: list[str], failures: list[tuple[str, BaseException]], queued: float
+    ) -> Route:
         assert self._policy is not None
         return Route(
             node=choice.node.id,
@@ -563,11 +633,27 @@ class AsyncPool:
                 "request.failed",
                 pnode.id,
                 request.model,
-                {"reason": str(exc), "operation": request.operation, "attempt": attempt, "retry": retry, "error": type(exc).__name__},
+                {
+                    "reason": str(exc),
+                    "operation": request.operation,
+                    "attempt": attempt,
+                    "retry": retry,
+                    "error": type(exc).__name__,
+                },
             )
         return retry
 
-    def _succeeded(self, pnode: PoolNode, target: Target, request: Request, route: Route, elapsed: float, usage: Usage | None, first: float | None, chunks: int) -> None:
+    def _succeeded(
+        self,
+        pnode: PoolNode,
+        target: Target,
+        request: Request,
+        route: Route,
+        elapsed: float,
+        usage: Usage | None,
+        first: float | None,
+        chunks: int,
+    ) -> None:
         """Account a served request: breaker, warmth, latency."""
         pnode.served += 1
         if pnode.breaker.state is not CircuitState.CLOSED and pnode.breaker.success():
@@ -632,7 +718,9 @@ class AsyncPool:
         failures: list[tuple[str, BaseException]] = []
         queued = 0.0
         while True:
-            choice, target, reserved, waited = await self._acquire(request, needs, targets, tried, failures, priority, deadline)
+            choice, target, reserved, waited = await self._acquire(
+                request, needs, targets, tried, failures, priority, deadline
+            )
             queued += waited
             pnode = target.pnode
             backend = pnode.backend
@@ -669,7 +757,9 @@ class AsyncPool:
         failures: list[tuple[str, BaseException]] = []
         queued = 0.0
         while True:
-            choice, target, reserved, waited = await self._acquire(request, needs, targets, tried, failures, priority, deadline)
+            choice, target, reserved, waited = await self._acquire(
+                request, needs, targets, tried, failures, priority, deadline
+            )
             queued += waited
             pnode = target.pnode
             backend = pnode.backend

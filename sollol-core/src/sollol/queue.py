@@ -27,7 +27,9 @@ class Waiter:
 
     __slots__ = ("future", "ids", "model", "order", "since")
 
-    def __init__(self, order: tuple[int, int], ids: Collection[str], model: str, future: asyncio.Future[PoolNode]) -> None:
+    def __init__(
+        self, order: tuple[int, int], ids: Collection[str], model: str, future: asyncio.Future[PoolNode]
+    ) -> None:
         self.order = order
         self.ids = ids
         self.model = model

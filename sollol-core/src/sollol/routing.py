@@ -36,7 +36,7 @@ DEFAULT_LOAD_COST = 5.0
 
 #: How an alias is given: one name for every node; any of several names; or a name per
 #: node id / backend kind ("*" for the rest).
-AliasSpec = Union[str, Sequence[str], Mapping[str, str]]
+AliasSpec = Union[str, Sequence[str], Mapping[str, str]]  # noqa: UP007 - a runtime alias, Python 3.10
 
 _USABLE = frozenset({NodeState.UP, NodeState.UNKNOWN})
 
@@ -46,6 +46,7 @@ class PoolNode:
 
     def __init__(self, node: Node, backend: Backend | None = None, *, limit: int | None = None) -> None:
         self.node = node
+        self.id = node.id  # stable: kind detection keeps the name, host and port
         self.backend = backend
         self.detection: Detection | None = None
         self._state = NodeState.UNKNOWN
@@ -56,7 +57,11 @@ class PoolNode:
         self.in_flight = 0
         self.reserved = 0  # slots handed to queued requests that have not started yet
         self.limit = node.max_concurrency if node.max_concurrency is not None else limit
-        self.slots = max(self.limit, 1) if self.limit is not None else 1  # requests it runs at once
+        # Requests it runs at once: a `parallel` label (OLLAMA_NUM_PARALLEL, --parallel...),
+        # else the concurrency limit, else what the backend reports, else 1.
+        declared = dict(node.labels).get("parallel")
+        self.parallel = int(declared) if declared and declared.isdigit() and int(declared) > 0 else None
+        self.slots = self.parallel or (max(self.limit, 1) if self.limit is not None else 1)
         self.reported_load = 0  # running + waiting, as the backend last said
         self.kv_cache_usage: float | None = None
         self.served = 0
@@ -70,11 +75,6 @@ class PoolNode:
     def __repr__(self) -> str:
         kind = self.backend.name if self.backend else "?"
         return f"<PoolNode {self.node.id} {kind} {self._state.value} in_flight={self.in_flight}>"
-
-    @property
-    def id(self) -> str:
-        """The node's id."""
-        return self.node.id
 
     @property
     def state(self) -> NodeState:
@@ -152,7 +152,7 @@ class PoolNode:
             self.loaded_keys = {model_key(m.name) for m in activity.loaded}
         self.reported_load = (activity.running or 0) + (activity.waiting or 0)
         self.kv_cache_usage = activity.kv_cache_usage
-        if self.limit is None and activity.capacity:
+        if self.parallel is None and self.limit is None and activity.capacity:
             self.slots = max(activity.capacity, 1)
 
     def stats_for(self, key: str, prior: ModelStats | None = None) -> ModelStats:
@@ -252,7 +252,7 @@ class Candidates(list[PoolNode]):
     """The nodes a policy may pick from, with each one's `Target` (same order)."""
 
     def __init__(self, targets: Sequence[Target], key: str, router: Router | None = None) -> None:
-        super().__init__(t.pnode for t in targets)
+        super().__init__([t.pnode for t in targets])
         self.targets = list(targets)
         self.key = key
         self.router = router
@@ -293,9 +293,7 @@ class HashRing:
     POINTS = 64
 
     def __init__(self, ids: Sequence[str]) -> None:
-        points = sorted(
-            (zlib.crc32(f"{node_id}#{i}".encode()), node_id) for node_id in ids for i in range(self.POINTS)
-        )
+        points = sorted((zlib.crc32(f"{node_id}#{i}".encode()), node_id) for node_id in ids for i in range(self.POINTS))
         self._hashes = [h for h, _ in points]
         self._ids = [node_id for _, node_id in points]
 
@@ -350,12 +348,16 @@ def resolve_alias(spec: AliasSpec, pnode: PoolNode) -> str | None:
 class ModelIndex:
     """Which node serves which model, by the name users write (and by alias)."""
 
-    def __init__(self, nodes: Sequence[PoolNode], aliases: Mapping[str, AliasSpec], cluster: Mapping[str, ModelStats]) -> None:
+    def __init__(
+        self, nodes: Sequence[PoolNode], aliases: Mapping[str, AliasSpec], cluster: Mapping[str, ModelStats]
+    ) -> None:
         self.by_key: dict[str, list[Target]] = {}
         self.unknown = [p for p in nodes if p.models is None and p.backend is not None]
         for pnode in nodes:
             for key, info in (pnode.models or {}).items():
-                self.by_key.setdefault(key, []).append(Target(pnode, info.name, info, pnode.stats_for(key, cluster.get(key))))
+                self.by_key.setdefault(key, []).append(
+                    Target(pnode, info.name, info, pnode.stats_for(key, cluster.get(key)))
+                )
         for logical, spec in aliases.items():
             lkey = model_key(logical)
             have = {t.pnode.id for t in self.by_key.get(lkey, ())}
@@ -386,11 +388,17 @@ class Router:
     """Filters and picks; owns the model index and the hash ring."""
 
     #: Above this many targets, only a sample of them is scored (policies with `sample`).
-    SCAN_LIMIT = 24
+    SCAN_LIMIT = 16
     #: The size of each half of the sample: best-known nodes and a rotating window.
-    SAMPLE = 12
+    SAMPLE = 6
 
-    def __init__(self, nodes: Sequence[PoolNode], policy: Policy, rng: random.Random, aliases: Mapping[str, AliasSpec] | None = None) -> None:
+    def __init__(
+        self,
+        nodes: Sequence[PoolNode],
+        policy: Policy,
+        rng: random.Random,
+        aliases: Mapping[str, AliasSpec] | None = None,
+    ) -> None:
         self.nodes = nodes
         self.policy = policy
         self.rng = rng
@@ -440,7 +448,9 @@ class Router:
             out.append(Target(pnode, name, None, pnode.stats_for(key, self.cluster.get(key))))
         return out
 
-    def eligible(self, targets: Sequence[Target], request: Request, needs: frozenset[str], exclude: Sequence[str]) -> list[Target]:
+    def eligible(
+        self, targets: Sequence[Target], request: Request, needs: frozenset[str], exclude: Sequence[str]
+    ) -> list[Target]:
         """The targets that may take the request now: healthy, capable, not full, not tried."""
         if self._sampled and len(targets) > self.SCAN_LIMIT:
             sample = self._sample(targets)
@@ -449,7 +459,9 @@ class Router:
                 return found
         return self._filter(targets, request, needs, exclude)
 
-    def _filter(self, targets: Sequence[Target], request: Request, needs: frozenset[str], exclude: Sequence[str]) -> list[Target]:
+    def _filter(
+        self, targets: Sequence[Target], request: Request, needs: frozenset[str], exclude: Sequence[str]
+    ) -> list[Target]:
         operation = request.operation
         simple = not needs and operation != "embed"
         out = []
@@ -476,7 +488,9 @@ class Router:
         ranked = self._ranked.get(key)
         if ranked is None or now - ranked[0] > 0.1:
             tokens = self.cluster[key].tokens if key in self.cluster else 64.0
-            order = sorted(targets, key=lambda t: t.stats.service(tokens) + (t.pnode.load_cost.seconds if t.cold else 0.0))
+            order = sorted(
+                targets, key=lambda t: t.stats.service(tokens) + (t.pnode.load_cost.seconds if t.cold else 0.0)
+            )
             ranked = (now, order[: self.SAMPLE])
             self._ranked[key] = ranked
         count = len(targets)
