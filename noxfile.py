@@ -151,3 +151,11 @@ def bench_routing(session: nox.Session) -> None:
     """
     session.install("uvicorn>=0.30", *_editable(CORE, "plugins/sollol-ollama"))
     session.run("python", str(ROOT / "benchmarks" / "routing.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_observe(session: nox.Session) -> None:
+    """What metrics and the dashboard cost the gateway, with and without them side by side
+    (benchmarks/observe_overhead.py; target: under 5% of throughput)."""
+    session.install("httpx", *_editable(CORE, "plugins/sollol-ollama"))
+    session.run("python", str(ROOT / "benchmarks" / "observe_overhead.py"), *session.posargs)

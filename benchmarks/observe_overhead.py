@@ -113,13 +113,14 @@ def run(seconds: float, rounds: int, concurrency: Sequence[int]) -> list[dict[st
                         stop(watcher)
                     offs.append(plain)
                     ons.append(observed)
-                    ratios.append(observed["rps"] / plain["rps"] if plain["rps"] else float("nan"))
+                    if plain["rps"] and observed["rps"]:  # a run starved by a busy machine says nothing
+                        ratios.append(observed["rps"] / plain["rps"])
                 row = {
                     "stream": stream,
                     "clients": clients,
                     "rps_off": statistics.median(r["rps"] for r in offs),
                     "rps_on": statistics.median(r["rps"] for r in ons),
-                    "ratio": statistics.median(ratios),
+                    "ratio": statistics.median(ratios) if ratios else float("nan"),
                     "ratios": ratios,
                     "cpu_off": statistics.median(r["cpu_ms_per_request"] for r in offs),
                     "cpu_on": statistics.median(r["cpu_ms_per_request"] for r in ons),
