@@ -312,7 +312,6 @@ class LlamaCppEmulator(Emulator):
         }
         if self.loading:
             meta = None
-        caps = ["embedding"] if self.embeddings else ["completion"]
         return json_response(
             {
                 "models": [
@@ -325,7 +324,7 @@ class LlamaCppEmulator(Emulator):
                         "type": "model",
                         "description": "",
                         "tags": [""],
-                        "capabilities": caps,
+                        "capabilities": ["completion"],  # an --embeddings server says so too
                         "parameters": "",
                         "details": {
                             "parent_model": "",
