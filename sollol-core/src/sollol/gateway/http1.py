@@ -29,7 +29,7 @@ import httpx
 from sollol.errors import ConnectError, NodeTimeoutError
 from sollol.http import HttpRequest, HttpResponse
 from sollol.node import Node
-from sollol.transport import Timeouts, Transport, _headers
+from sollol.transport import PROBE_BODY_LIMIT, Timeouts, Transport, _headers
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -122,14 +122,30 @@ class Answer:
         try:
             if self._chunked:
                 while True:
-                    async with _deadline(self._timeout):
+                    buffered = reader._buffer  # type: ignore[attr-defined]
+                    end = buffered.find(b"\r\n")
+                    if (
+                        end >= 0
+                        and len(buffered) >= end + 2 + int(bytes(buffered[:end]).split(b";", 1)[0] or b"0", 16) + 2
+                    ):
+                        # The whole chunk is here already: no deadline to arm (the common case).
                         size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                        if size == 0:
-                            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                                pass  # trailers
-                            break
-                        data = await reader.readexactly(size + 2)
-                    yield data[:-2]
+                        if size:
+                            data = await reader.readexactly(size + 2)
+                            yield data[:-2]
+                            continue
+                    else:
+                        async with _deadline(self._timeout):
+                            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+                            if size:
+                                data = await reader.readexactly(size + 2)
+                        if size:
+                            yield data[:-2]
+                            continue
+                    async with _deadline(self._timeout):
+                        while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                            pass  # trailers
+                    break
             elif self._length is not None:
                 remaining = self._length
                 while remaining:
@@ -376,6 +392,42 @@ class LeanTransport(Transport):
             raise self._fail(node, request, exc) from exc
         return HttpResponse(
             status=answer.status, headers=_str_headers(answer.headers), body=body, elapsed=time.perf_counter() - started
+        )
+
+    async def probe(self, node: Node, request: HttpRequest, *, timeout: float | None = None) -> HttpResponse:
+        """Like `send`, but never raises (status 0 and `error` instead); bodies capped at 64 KiB.
+
+        Probes share the pool with requests, so a server with few HTTP threads (llama.cpp's
+        keeps one per open connection) never sees more connections than it needs.
+        """
+        started = time.perf_counter()
+        limit = timeout if timeout is not None else self.timeouts.probe
+        try:
+            async with _deadline(limit * 2):
+                answer = await self._pool.exchange(
+                    _origin(node),
+                    _payload(node, request),
+                    connect_timeout=limit,
+                    read_timeout=limit,
+                    head_only=request.method == "HEAD",
+                )
+                try:
+                    body = b""
+                    async for piece in answer.pieces():
+                        body += piece
+                        if len(body) >= PROBE_BODY_LIMIT:
+                            break
+                finally:
+                    answer.close()
+        except Http1Error as exc:
+            return HttpResponse(status=0, error=str(exc), elapsed=time.perf_counter() - started)
+        except TimeoutError:
+            return HttpResponse(status=0, error="the probe timed out", elapsed=time.perf_counter() - started)
+        return HttpResponse(
+            status=answer.status,
+            headers=_str_headers(answer.headers),
+            body=body[:PROBE_BODY_LIMIT],
+            elapsed=time.perf_counter() - started,
         )
 
     @asynccontextmanager
