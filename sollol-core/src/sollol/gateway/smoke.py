@@ -33,6 +33,9 @@ def _pick_models(pool: Any) -> tuple[list[str], list[str]]:
     names = list(dict.fromkeys(pool.models()))
     chat = list(dict.fromkeys(chat)) or names
     embed = list(dict.fromkeys(embed)) or names
+    # Where nodes do not say what a model can do, names are the best hint.
+    chat.sort(key=lambda n: "embed" in n.lower())
+    embed.sort(key=lambda n: "embed" not in n.lower())
     return chat, embed
 
 
@@ -93,7 +96,7 @@ def run_smoke(base: str, api_key: str | None, console: Console, pool: Any) -> bo
     ollama = _optional("ollama")
     openai = _optional("openai")
     messages = [{"role": "user", "content": "Say hello in three words."}]
-    options = {"num_predict": 16, "temperature": 0}
+    options = {"num_predict": 8, "temperature": 0}
 
     if ollama is not None:
         client = ollama.Client(host=base, headers=headers)
@@ -169,7 +172,7 @@ def run_smoke(base: str, api_key: str | None, console: Console, pool: Any) -> bo
         smoke.check(
             "openai chat.completions",
             lambda: (
-                oai.chat.completions.create(model=chat_model, messages=messages, max_tokens=16)
+                oai.chat.completions.create(model=chat_model, messages=messages, max_tokens=8)
                 .choices[0]
                 .message.content
                 or ""
@@ -181,7 +184,7 @@ def run_smoke(base: str, api_key: str | None, console: Console, pool: Any) -> bo
             for event in oai.chat.completions.create(
                 model=chat_model,
                 messages=messages,
-                max_tokens=16,
+                max_tokens=8,
                 stream=True,
                 stream_options={"include_usage": True},
             ):
@@ -191,7 +194,7 @@ def run_smoke(base: str, api_key: str | None, console: Console, pool: Any) -> bo
         smoke.check("openai chat.completions stream", streamed)
         smoke.check(
             "openai completions",
-            lambda: oai.completions.create(model=chat_model, prompt="The sky is", max_tokens=16).choices[0].text,
+            lambda: oai.completions.create(model=chat_model, prompt="The sky is", max_tokens=8).choices[0].text,
         )
         _first_working(
             smoke,
