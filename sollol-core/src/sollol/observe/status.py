@@ -203,7 +203,7 @@ def _reason(decision: Mapping[str, Any]) -> str:
 
 def _number(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value + 0.0:.4g}" if value else "0"  # never "-0"
     return str(value)
 
 
