@@ -81,7 +81,8 @@ class Transport:
             limits=httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_keepalive,
-                keepalive_expiry=30.0,
+                # Below llama.cpp's 5 s idle timeout, so a kept connection is rarely stale.
+                keepalive_expiry=4.0,
             ),
             follow_redirects=False,
             trust_env=False,
@@ -107,7 +108,11 @@ class Transport:
         started = time.perf_counter()
         limit = httpx.Timeout(timeout) if timeout is not None else None
         try:
-            response = await self._client.send(self._build(node, request, limit))
+            try:
+                response = await self._client.send(self._build(node, request, limit))
+            except httpx.RemoteProtocolError:
+                # A kept-alive connection the server had closed: the request never reached it.
+                response = await self._client.send(self._build(node, request, limit))
             body = response.content
         except httpx.TimeoutException as exc:
             raise NodeTimeoutError(
@@ -180,14 +185,16 @@ class Transport:
     async def stream(self, node: Node, request: HttpRequest) -> AsyncIterator[StreamedResponse]:
         """Open a streamed request; the body is read piece by piece."""
         try:
-            async with self._client.stream(
-                request.method,
-                node.url + request.path,
-                json=request.json,
-                params=list(request.params) or None,
-                headers=_headers(node, request),
-            ) as response:
+            built = self._build(node, request, None)
+            try:
+                response = await self._client.send(built, stream=True)
+            except httpx.RemoteProtocolError:
+                # A kept-alive connection the server had closed: the request never reached it.
+                response = await self._client.send(self._build(node, request, None), stream=True)
+            try:
                 yield StreamedResponse(response, node)
+            finally:
+                await response.aclose()
         except httpx.TimeoutException as exc:
             raise NodeTimeoutError(
                 f"{request.method} {request.path} timed out ({type(exc).__name__})", node=node.id
