@@ -4,9 +4,12 @@ Two gateway processes over one emulated Ollama node that answers at once: one bu
 `Gateway(pool, observe=False)` (no observers, no /metrics or dashboard), one with everything
 on (`observe=True`: Prometheus metrics, the dashboard's feed, the event log) AND, while it is
 measured, a live dashboard client on `/api/sollol/events` plus a Prometheus scraper pulling
-`/metrics` every second (a busier scrape than Prometheus' default 15 s). The load alternates
-between the two, round after round, streamed and not; the result is the median throughput
-ratio (target: at least 0.95, i.e. under 5% cost) and the CPU time per request of each.
+`/metrics` every second (a busier scrape than Prometheus' default 15 s). The load goes to
+both at once (the same clients against each, so whatever else the machine runs slows both
+alike; `--one-at-a-time` alternates instead), round after round, streamed and not; the result is
+the median throughput ratio (target: at least 0.95, i.e. under 5% cost) and the CPU time per
+request of each. It also measures in-process what the observers add per request, a figure a
+busy machine cannot blur.
 
     python benchmarks/observe_overhead.py [--seconds 3] [--rounds 3] [--clients 16,64]
     nox -s bench_observe
@@ -91,7 +94,22 @@ def measure(port: int, pid: int, clients: int, stream: bool, seconds: float) -> 
     return result
 
 
-def run(seconds: float, rounds: int, concurrency: Sequence[int]) -> list[dict[str, Any]]:
+def measure_both(
+    off: tuple[int, int], on: tuple[int, int], clients: int, stream: bool, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both gateways under the same load at the same time: whatever else runs on the machine slows both alike."""
+    before = (cpu_seconds(off[1]), cpu_seconds(on[1]))
+
+    async def both() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(load(off[0], clients, stream, seconds), load(on[0], clients, stream, seconds)))
+
+    plain, observed = asyncio.run(both())
+    plain["cpu_ms_per_request"] = (cpu_seconds(off[1]) - before[0]) / max(plain["all_requests"], 1) * 1000
+    observed["cpu_ms_per_request"] = (cpu_seconds(on[1]) - before[1]) / max(observed["all_requests"], 1) * 1000
+    return plain, observed
+
+
+def run(seconds: float, rounds: int, concurrency: Sequence[int], together: bool = True) -> list[dict[str, Any]]:
     node_port, off_port, on_port = free_port(), free_port(), free_port()
     node = start_node(node_port)
     procs: list[subprocess.Popen[bytes]] = [node]
@@ -105,10 +123,15 @@ def run(seconds: float, rounds: int, concurrency: Sequence[int]) -> list[dict[st
             for clients in concurrency:
                 ratios, offs, ons = [], [], []
                 for _ in range(rounds):
-                    plain = measure(off_port, off.pid, clients, stream, seconds)
                     watcher = start_watcher(on_port)
                     try:
-                        observed = measure(on_port, on.pid, clients, stream, seconds)
+                        if together:
+                            plain, observed = measure_both(
+                                (off_port, off.pid), (on_port, on.pid), clients, stream, seconds
+                            )
+                        else:
+                            plain = measure(off_port, off.pid, clients, stream, seconds)
+                            observed = measure(on_port, on.pid, clients, stream, seconds)
                     finally:
                         stop(watcher)
                     offs.append(plain)
@@ -240,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side per scenario (alternating)")
     parser.add_argument("--clients", default="16,64", help="concurrency levels, comma separated")
     parser.add_argument("--micro-only", action="store_true", help="only the in-process measurement")
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="load one gateway, then the other (default: both at once, so a busy machine slows both alike)",
+    )
     args = parser.parse_args(argv)
     costs = micro()
     added = costs["request_us_with"] - costs["request_us_without"]
@@ -251,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.micro_only:
         return 0
-    rows = run(args.seconds, args.rounds, [int(c) for c in args.clients.split(",")])
+    rows = run(args.seconds, args.rounds, [int(c) for c in args.clients.split(",")], not args.one_at_a_time)
     print()
     print(markdown(rows))
     worst = min(row["ratio"] for row in rows)
