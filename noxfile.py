@@ -33,6 +33,8 @@ INTEGRATION_DEPS = [
     "ollama>=0.4",
     "openai>=1.40",
     "hatchling>=1.21",
+    "prometheus-client>=0.20",
+    "playwright>=1.40",  # drives Debian's /usr/bin/chromium; never downloads a browser
 ]
 # A real llama.cpp server (compiled from the sdist the first time; pip's wheel cache after)
 # and the small GGUF model it serves.
