@@ -103,17 +103,27 @@ class Transport:
             timeout=timeout if timeout is not None else self.timeouts.httpx(),
         )
 
+    async def _open(self, built: httpx.Request) -> httpx.Response:
+        """Send a request and wait for the status line and headers.
+
+        Only a disconnect before any answer is retried, once: that is a kept-alive
+        connection the server had already closed. A break after the headers is the node's.
+        """
+        try:
+            return await self._client.send(built, stream=True)
+        except httpx.RemoteProtocolError:
+            return await self._client.send(built, stream=True)
+
     async def send(self, node: Node, request: HttpRequest, *, timeout: float | None = None) -> HttpResponse:
         """Send one request and read the whole answer. Network failures raise."""
         started = time.perf_counter()
         limit = httpx.Timeout(timeout) if timeout is not None else None
         try:
+            response = await self._open(self._build(node, request, limit))
             try:
-                response = await self._client.send(self._build(node, request, limit))
-            except httpx.RemoteProtocolError:
-                # A kept-alive connection the server had closed: the request never reached it.
-                response = await self._client.send(self._build(node, request, limit))
-            body = response.content
+                body = await response.aread()  # a failure here is the node's, never retried
+            finally:
+                await response.aclose()
         except httpx.TimeoutException as exc:
             raise NodeTimeoutError(
                 f"{request.method} {request.path} timed out ({type(exc).__name__})", node=node.id
@@ -185,12 +195,7 @@ class Transport:
     async def stream(self, node: Node, request: HttpRequest) -> AsyncIterator[StreamedResponse]:
         """Open a streamed request; the body is read piece by piece."""
         try:
-            built = self._build(node, request, None)
-            try:
-                response = await self._client.send(built, stream=True)
-            except httpx.RemoteProtocolError:
-                # A kept-alive connection the server had closed: the request never reached it.
-                response = await self._client.send(self._build(node, request, None), stream=True)
+            response = await self._open(self._build(node, request, None))
             try:
                 yield StreamedResponse(response, node)
             finally:
