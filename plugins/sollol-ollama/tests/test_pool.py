@@ -133,3 +133,26 @@ def test_abandoned_sync_stream_gives_its_slot_back(cluster: tuple[list[OllamaEmu
         next(stream)
         stream.close()
         assert [n["in_flight"] for n in pool.nodes()] == [0]
+
+
+async def test_a_hanging_node_times_out_and_a_dropped_connection_is_an_error(
+    cluster: tuple[list[OllamaEmulator], list[Running]],
+) -> None:
+    from sollol.errors import AllNodesFailedError, BackendError, NodeTimeoutError
+    from sollol.transport import Timeouts
+
+    emulators, running = cluster
+    emulators[0].inject(Fault.hang(seconds=30, times=None, paths=("/api/chat",)))
+    emulators[1].inject(Fault.drop(times=None, paths=("/api/chat",)))
+    for index, expected in ((0, NodeTimeoutError), (1, BackendError)):
+        node = running[index].address
+        async with sollol.AsyncPool([node], backend="ollama", refresh_interval=0, timeouts=Timeouts(read=0.5)) as pool:
+            with pytest.raises(AllNodesFailedError) as failed:
+                await pool.chat("llama3.2", USER)
+        assert isinstance(failed.value.last, expected), failed.value
+    # With a healthy node beside them, every request is answered.
+    nodes = [r.address for r in running]
+    async with sollol.AsyncPool(nodes, backend="ollama", refresh_interval=0, timeouts=Timeouts(read=0.5)) as pool:
+        for _ in range(4):
+            result = await pool.chat("llama3.2", USER)
+            assert result.node is not None and result.node.host == "127.0.0.3"
