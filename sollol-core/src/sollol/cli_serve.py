@@ -240,6 +240,7 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace, console: Conso
     import uvicorn
 
     from sollol.gateway import Gateway
+    from sollol.gateway.server import http_protocol
     from sollol.pool import AsyncPool
 
     with contextlib.ExitStack() as stack:
@@ -259,6 +260,7 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace, console: Conso
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
+                http=http_protocol(),
                 lifespan="on",
                 log_level="warning",
                 access_log=config.access_log,
