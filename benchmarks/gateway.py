@@ -1,13 +1,17 @@
 """The gateway's own cost: `sollol serve` against calling the node directly, side by side.
 
 One emulated Ollama node that answers at once (its own process), the gateway (`sollol serve`,
-its own process) in front of it, and this process as the load generator: a small HTTP/1.1
-keep-alive client per simulated user, so the load generator itself stays cheap. For 1, 16
-and 64 concurrent clients, streamed and not, it reports latency p50/p99 (and what the gateway
-adds), throughput and its ratio to direct, time to first token, and the gateway's CPU time per
-request read from /proc. Then the gateway's start-up time and resident memory.
+its own process) in front of it, and a load generator (its own process: a small HTTP/1.1
+keep-alive client per simulated user, so the load generator itself stays cheap). For 1, 16
+and 64 concurrent clients, streamed and not, the same load goes to the node directly and
+through the gateway in alternating runs (direct, gateway, then gateway, direct, ... for
+`--rounds` rounds), so a machine busy with other work slows both sides alike; each figure is
+the median over the rounds, the throughput ratio the median of the per-round ratios. It
+reports latency p50/p99 (and what the gateway adds), throughput and its ratio to direct,
+time to first token, and the gateway's CPU time per request read from /proc/<pid>/stat of
+the gateway process. Then the gateway's start-up time and resident memory.
 
-    python benchmarks/gateway.py [--seconds 3] [--json results.json]
+    python benchmarks/gateway.py [--seconds 2] [--rounds 3] [--clients 1,16,64] [--json results.json]
     nox -s bench_gateway
 """
 
@@ -99,40 +103,52 @@ class Connection:
             self.writer.close()
 
 
-def prepared(port: int, stream: bool) -> bytes:
-    body = json.dumps(
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "Why is the sky blue?"}],
-            "stream": stream,
-            "options": {"temperature": 0},
-        }
-    ).encode()
-    head = f"POST /api/chat HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+def prepared(port: int, stream: bool, api: str = "ollama", model: str = MODEL) -> bytes:
+    """A whole chat request: Ollama's /api/chat, or OpenAI's /v1/chat/completions (`api="openai"`)."""
+    message = [{"role": "user", "content": "Why is the sky blue?"}]
+    if api == "openai":
+        path = "/v1/chat/completions"
+        payload: dict[str, Any] = {"model": model, "messages": message, "stream": stream, "temperature": 0}
+    else:
+        path = "/api/chat"
+        payload = {"model": model, "messages": message, "stream": stream, "options": {"temperature": 0}}
+    body = json.dumps(payload).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
     head += f"Content-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
 
 
-async def load(port: int, clients: int, stream: bool, seconds: float) -> dict[str, Any]:
+def complete(body: bytes, stream: bool, api: str) -> bool:
+    """Whether an answer is a whole, successful one."""
+    if api == "openai":
+        return b"[DONE]" in body if stream else b'"choices"' in body and b'"error"' not in body
+    return b'"done":true' in body or b'"done": true' in body
+
+
+async def load(
+    port: int, clients: int, stream: bool, seconds: float, api: str = "ollama", model: str = MODEL
+) -> dict[str, Any]:
     """Run `clients` users for `seconds` (after a short warm-up); latencies of completed requests."""
-    raw = prepared(port, stream)
+    raw = prepared(port, stream, api, model)
     latencies: list[float] = []
     firsts: list[float] = []
     errors = 0
     everything = 0
     measuring = False
     stop = False
+    sample = b""
 
     async def user() -> None:
-        nonlocal errors, everything
+        nonlocal errors, everything, sample
         conn = Connection(port)
         await conn.open()
         try:
             while not stop:
                 status, first, total, body = await conn.call(raw)
                 everything += 1
-                if status != 200 or b'"done":true' not in body:
+                if status != 200 or not complete(body, stream, api):
                     errors += 1
+                    sample = sample or body[:300]
                 elif measuring:
                     latencies.append(total)
                     firsts.append(first)
@@ -163,7 +179,63 @@ async def load(port: int, clients: int, stream: bool, seconds: float) -> dict[st
         "p99_ms": pct(latencies, 0.99),
         "ttft_p50_ms": pct(firsts, 0.50) if stream else None,
         "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+        "error_sample": sample.decode(errors="replace"),
     }
+
+
+# -- the load generator's own process -----------------------------------------------------------------
+
+
+class LoadGenerator:
+    """`load` in a process of its own (so its CPU is not the measuring process's); one run at a time."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+
+    def run(
+        self, port: int, clients: int, stream: bool, seconds: float, api: str = "ollama", model: str = MODEL
+    ) -> dict[str, Any]:
+        """One run; the result of `load`."""
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        order = {"port": port, "clients": clients, "stream": stream, "seconds": seconds, "api": api, "model": model}
+        self.proc.stdin.write(json.dumps(order).encode() + b"\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the load generator exited")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def worker() -> int:
+    """The load generator's loop: one JSON order per line in, one JSON result per line out."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    for line in sys.stdin:
+        order = json.loads(line)
+        result = asyncio.run(
+            load(order["port"], order["clients"], order["stream"], order["seconds"], order["api"], order["model"])
+        )
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    return 0
 
 
 # -- processes -------------------------------------------------------------------------------------------
@@ -231,10 +303,79 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 # -- the run ---------------------------------------------------------------------------------------------
 
 
-def run(seconds: float, concurrency: Sequence[int]) -> dict[str, Any]:
+def median(values: Sequence[float | None]) -> float:
+    clean = [v for v in values if v is not None and v == v]
+    return statistics.median(clean) if clean else float("nan")
+
+
+def measure(
+    loader: LoadGenerator, port: int, pid: int | None, clients: int, stream: bool, seconds: float
+) -> dict[str, Any]:
+    """One run against `port`; with `pid`, that process's CPU time per request (warm-up included)."""
+    before = cpu_seconds(pid) if pid else 0.0
+    result = loader.run(port, clients, stream, seconds)
+    if pid:
+        served = result["all_requests"]
+        result["cpu_ms_per_request"] = (cpu_seconds(pid) - before) / served * 1000 if served else float("nan")
+    return result
+
+
+def side_by_side(
+    loader: LoadGenerator,
+    node: tuple[int, int],
+    gateway: tuple[int, int],
+    clients: int,
+    stream: bool,
+    seconds: float,
+    rounds: int,
+) -> dict[str, Any]:
+    """`rounds` pairs of runs, direct and through the gateway, the order alternating (AB BA AB ...)."""
+    directs: list[dict[str, Any]] = []
+    vias: list[dict[str, Any]] = []
+    for round_ in range(rounds):
+        first_direct = round_ % 2 == 0
+        for direct in (first_direct, not first_direct):
+            if direct:
+                directs.append(measure(loader, node[0], node[1], clients, stream, seconds))
+            else:
+                vias.append(measure(loader, gateway[0], gateway[1], clients, stream, seconds))
+    ratios = [v["rps"] / d["rps"] for d, v in zip(directs, vias) if d["rps"] and v["rps"]]
+
+    def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "rps": median([r["rps"] for r in runs]),
+            "p50_ms": median([r["p50_ms"] for r in runs]),
+            "p99_ms": median([r["p99_ms"] for r in runs]),
+            "ttft_p50_ms": median([r["ttft_p50_ms"] for r in runs]) if stream else None,
+            "cpu_ms_per_request": median([r.get("cpu_ms_per_request") for r in runs]),
+            "errors": sum(r["errors"] for r in runs),
+            "error_sample": next((r["error_sample"] for r in runs if r["error_sample"]), ""),
+            "runs": runs,
+        }
+
+    d, g = summary(directs), summary(vias)
+    return {
+        "stream": stream,
+        "clients": clients,
+        "direct": d,
+        "gateway": g,
+        "added_p50_ms": median([v["p50_ms"] - x["p50_ms"] for x, v in zip(directs, vias)]),
+        "added_p99_ms": median([v["p99_ms"] - x["p99_ms"] for x, v in zip(directs, vias)]),
+        "throughput_ratio": median(ratios),
+        "ratios": ratios,
+        "gateway_cpu_ms_per_request": g["cpu_ms_per_request"],
+        "node_cpu_ms_per_request": d["cpu_ms_per_request"],
+        "added_ttft_ms": median([v["ttft_p50_ms"] - x["ttft_p50_ms"] for x, v in zip(directs, vias)])
+        if stream
+        else None,
+    }
+
+
+def run(seconds: float, concurrency: Sequence[int], rounds: int = 3) -> dict[str, Any]:
     node_port, gateway_port = free_port(), free_port()
     node = start_node(node_port)
     gateway = None
+    loader = LoadGenerator()
     try:
         gateway, live, ready = start_gateway(gateway_port, node_port)
         time.sleep(0.5)
@@ -242,35 +383,25 @@ def run(seconds: float, concurrency: Sequence[int]) -> dict[str, Any]:
         rows = []
         for stream in (False, True):
             for clients in concurrency:
-                direct = asyncio.run(load(node_port, clients, stream, seconds))
-                before = cpu_seconds(gateway.pid)
-                via = asyncio.run(load(gateway_port, clients, stream, seconds))
-                used = cpu_seconds(gateway.pid) - before
-                served = via["all_requests"]  # warm-up included: its requests used CPU too
-                rows.append(
-                    {
-                        "stream": stream,
-                        "clients": clients,
-                        "direct": direct,
-                        "gateway": via,
-                        "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
-                        "added_p99_ms": via["p99_ms"] - direct["p99_ms"],
-                        "throughput_ratio": via["rps"] / direct["rps"] if direct["rps"] else float("nan"),
-                        "gateway_cpu_ms_per_request": used / served * 1000 if served else float("nan"),
-                        "added_ttft_ms": (via["ttft_p50_ms"] - direct["ttft_p50_ms"]) if stream else None,
-                    }
+                row = side_by_side(
+                    loader, (node_port, node.pid), (gateway_port, gateway.pid), clients, stream, seconds, rounds
                 )
-                print(describe(rows[-1]), flush=True)
+                rows.append(row)
+                print(describe(row), flush=True)
         return {
             "startup_live_s": live,
             "startup_ready_s": ready,
             "idle_rss_mb": idle_rss,
             "peak_rss_mb": rss_mb(gateway.pid, "VmHWM"),
             "rows": rows,
+            "rounds": rounds,
+            "seconds": seconds,
+            "loadavg": os.getloadavg(),
             "python": sys.version.split()[0],
             "cpus": os.cpu_count(),
         }
     finally:
+        loader.close()
         if gateway is not None:
             stop(gateway)
         stop(node)
@@ -284,15 +415,17 @@ def describe(row: dict[str, Any]) -> str:
         f"p50 {d['p50_ms']:.2f}->{g['p50_ms']:.2f} ms (+{row['added_p50_ms']:.2f}) "
         f"p99 {d['p99_ms']:.2f}->{g['p99_ms']:.2f} ms (+{row['added_p99_ms']:.2f}) "
         f"rps {d['rps']:.0f}->{g['rps']:.0f} ({row['throughput_ratio']:.2f}x) "
-        f"cpu {row['gateway_cpu_ms_per_request']:.3f} ms/req{ttft} errors {d['errors']}/{g['errors']}"
+        f"cpu {row['gateway_cpu_ms_per_request']:.3f} ms/req{ttft} errors {d['errors']}/{g['errors']} "
+        f"(ratios {', '.join(f'{r:.2f}' for r in row['ratios'])}){' ' + g['error_sample'] if g['errors'] else ''}"
     )
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "| mode | clients | direct p50 / p99 (ms) | gateway p50 / p99 (ms) | added p50 / p99 (ms) "
-        "| direct req/s | gateway req/s | ratio | gateway CPU/req (ms) | TTFT direct / gateway (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| direct req/s | gateway req/s | ratio | gateway CPU/req (ms) | node CPU/req (ms) "
+        "| TTFT direct / gateway (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         d, g = row["direct"], row["gateway"]
@@ -302,30 +435,30 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {d['p50_ms']:.2f} / {d['p99_ms']:.2f} "
             f"| {g['p50_ms']:.2f} / {g['p99_ms']:.2f} | {row['added_p50_ms']:+.2f} / {row['added_p99_ms']:+.2f} "
             f"| {d['rps']:.0f} | {g['rps']:.0f} | {row['throughput_ratio']:.2f}x "
-            f"| {row['gateway_cpu_ms_per_request']:.3f} | {ttft} |"
+            f"| {row['gateway_cpu_ms_per_request']:.3f} | {row['node_cpu_ms_per_request']:.3f} | {ttft} |"
         )
     lines.append("")
     lines.append(
         f"Start-up: answering `GET /` after {result['startup_live_s'] * 1000:.0f} ms, models listed after "
         f"{result['startup_ready_s'] * 1000:.0f} ms. "
-        f"RSS: {result['idle_rss_mb']:.1f} MB idle, {result['peak_rss_mb']:.1f} MB peak."
+        f"RSS: {result['idle_rss_mb']:.1f} MB idle, {result['peak_rss_mb']:.1f} MB peak. "
+        f"Medians of {result['rounds']} alternating rounds of {result['seconds']:g} s; "
+        f"load average at the end {result['loadavg'][0]:.1f}."
     )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per scenario and target")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="pairs of runs (direct, gateway) per scenario")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clients", default="1,16,64", help="concurrency levels, comma separated")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    result = run(args.seconds, [int(c) for c in args.clients.split(",")])
+    if args.worker:
+        return worker()
+    result = run(args.seconds, [int(c) for c in args.clients.split(",")], args.rounds)
     print()
     print(markdown(result))
     if args.json:
