@@ -38,6 +38,7 @@ import asyncio
 import contextvars
 import heapq
 import json
+import logging
 import math
 import multiprocessing
 import random
@@ -280,6 +281,7 @@ class BenchEmulator(OllamaEmulator):
 
 def serve_nodes(conn: Connection, array: Any, requests: int) -> None:
     """The node process: serve the cluster on loopback, run the failure schedule, report cold loads."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # requests cut off by the drain cap
     board = Board(array, requests)
     with LoopbackServers() as servers:
         emulators = [BenchEmulator(plan, index, board) for index, plan in enumerate(CLUSTER)]
@@ -639,6 +641,8 @@ def main() -> int:
             f"streamed, {sum(a.model == MODEL_B for a in trace)} for {MODEL_B}; nodes: "
             + ", ".join(f"{p.name} ({p.token_delay * 1000:g} ms/token, {p.parallel} slots)" for p in CLUSTER)
         )
+        # One short unreported run first, so no policy pays for the process warming up.
+        asyncio.run(drive("sollol", make_trace(60, args.rate, seed=1), plugins, 1.0))
         outcomes = []
         for name in args.policies.split(","):
             outcome = asyncio.run(drive(name, trace, plugins, args.drain))

@@ -659,8 +659,13 @@ class AsyncPool:
         usage: Usage | None,
         first: float | None,
         chunks: int,
+        waited: bool = False,
     ) -> None:
-        """Account a served request: breaker, warmth, latency."""
+        """Account a served request: breaker, warmth, latency.
+
+        `waited`: the node was at its parallel slots when the request was sent, so the time
+        to the first byte includes waiting in the node's own queue: not a service time.
+        """
         pnode.served += 1
         if pnode.breaker.state is not CircuitState.CLOSED and pnode.breaker.success():
             self._emit("circuit.closed", pnode.id, data={"reason": "a request succeeded"})
@@ -677,8 +682,10 @@ class AsyncPool:
         if request.operation != "embed":
             stats = target.stats
             if first is not None:
-                ttft: float | None = max(first - load, 0.0)
+                ttft: float | None = max(first - load, 0.0) if not waited else None
                 per_token = (elapsed - first) / (chunks - 1) if chunks > 1 else None
+            elif waited:
+                ttft = per_token = None
             else:
                 ttft, per_token = split_timing(max(elapsed - load, 0.0), tokens, stats)
             stats.observe(ttft=ttft, per_token=per_token, tokens=tokens)
@@ -735,6 +742,7 @@ class AsyncPool:
             route = self._route(choice, tried, failures, queued)
             self._dispatching(pnode, request, route)
             local = request if target.name == request.model else attrs.evolve(request, model=target.name)
+            waited = pnode.load - reserved >= pnode.slots
             started = time.perf_counter()
             try:
                 with pnode.lease(reserved=reserved):
@@ -749,7 +757,7 @@ class AsyncPool:
                     raise AllNodesFailedError(request.model, failures) from exc
                 continue
             elapsed = time.perf_counter() - started
-            self._succeeded(pnode, target, request, route, elapsed, result.usage, None, 0)
+            self._succeeded(pnode, target, request, route, elapsed, result.usage, None, 0, waited)
             return attrs.evolve(result, node=pnode.node, route=route)  # type: ignore[no-any-return]
 
     async def _stream(self, request: ChatRequest | GenerateRequest, priority: int = 0) -> AsyncIterator[Chunk]:
@@ -780,6 +788,7 @@ class AsyncPool:
             sent = 0
             first: float | None = None
             usage: Usage | None = None
+            waited = pnode.load - reserved >= pnode.slots
             started = time.perf_counter()
             try:
                 with pnode.lease(reserved=reserved):
@@ -820,9 +829,11 @@ class AsyncPool:
                 continue
             except GeneratorExit:
                 if sent and chunk.done:  # closed right after the final chunk (the gateway's SSE does): served
-                    self._succeeded(pnode, target, request, route, time.perf_counter() - started, usage, first, sent)
+                    self._succeeded(
+                        pnode, target, request, route, time.perf_counter() - started, usage, first, sent, waited
+                    )
                 raise
-            self._succeeded(pnode, target, request, route, time.perf_counter() - started, usage, first, sent)
+            self._succeeded(pnode, target, request, route, time.perf_counter() - started, usage, first, sent, waited)
             return
 
 
