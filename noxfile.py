@@ -145,6 +145,14 @@ def bench_gateway(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_gateway_peers(session: nox.Session) -> None:
+    """SOLLOL's gateway beside LiteLLM's proxy and SOLLOL 0.9.66's, each in its own venv, in a private
+    loopback-only network namespace (benchmarks/gateway_peers.py; needs root or user namespaces)."""
+    session.install(*_editable(CORE, "plugins/sollol-ollama"))
+    session.run("python", str(ROOT / "benchmarks" / "gateway_peers.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench_routing(session: nox.Session) -> None:
     """Every routing policy against a clairvoyant bound on emulated Ollama clusters (benchmarks/routing.py).
 

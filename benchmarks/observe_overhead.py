@@ -34,10 +34,14 @@ from gateway import HOST, MODEL, cpu_seconds, free_port, load, start_node, stop,
 GATEWAY = """
 import asyncio, sys, uvicorn
 from sollol.gateway import Gateway
+from sollol.gateway.http1 import LeanTransport
+from sollol.gateway.server import http_protocol
 from sollol.pool import AsyncPool
+import sollol.transport
+sollol.transport.TRANSPORT_CLASS = LeanTransport  # as `sollol serve` runs it
 observe = sys.argv[1] == "on"
 app = Gateway(AsyncPool([{{"url": "http://{host}:{node}", "backend": "ollama"}}]), observe=observe)
-config = uvicorn.Config(app, host="{host}", port={port}, lifespan="on", log_level="warning", access_log=False,
+config = uvicorn.Config(app, host="{host}", port={port}, lifespan="on", http=http_protocol(), log_level="warning", access_log=False,
                         server_header=False, date_header=False, backlog=2048)
 try:
     import uvloop
