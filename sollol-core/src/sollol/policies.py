@@ -41,6 +41,7 @@ class RoundRobin:
     """Each candidate in turn."""
 
     name = "round_robin"
+    sample = "rotate"  # in big clusters the router hands over the next eligible node: O(1)
 
     def __init__(self) -> None:
         self._next = 0
@@ -56,6 +57,7 @@ class Random:
     """A uniformly random candidate."""
 
     name = "random"
+    sample = "window"  # a random window of a big cluster: still uniform
 
     def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
         """Any candidate."""
@@ -66,6 +68,7 @@ class LeastLoaded:
     """Fewest requests on the node (this pool's, or the backend's own count if higher)."""
 
     name = "least_loaded"
+    sample = "window"  # in big clusters, the least loaded of a random dozen (the power of d choices)
 
     def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
         """The least-loaded candidate."""
@@ -85,6 +88,7 @@ class Latency:
     """The lowest learned service time (time to first token plus per-token time) for the model."""
 
     name = "latency"
+    sample = "ranked"  # the best-known nodes plus a random window
 
     def choose(self, candidates: Sequence[PoolNode], request: Request, rng: random.Random) -> Choice:
         """The candidate expected to answer fastest, ignoring its queue."""
@@ -161,12 +165,21 @@ class Sollol:
         tokens = _tokens(request, candidates)
         owner = None
         if self.affinity and len(targets) > 1 and isinstance(candidates, Candidates) and candidates.router is not None:
-            key = request.prompt_key
+            key = candidates.prompt_key
+            if key is None:
+                key = request.prompt_key
             if key:
-                owner = candidates.router.ring.owner(key, {p.id for p in candidates})
+                preferred = candidates.router.preferred(key)
+                rank = len(preferred)
+                for pnode in candidates:  # the first of the prefix's ring nodes that is a candidate
+                    if pnode.id in preferred and preferred.index(pnode.id) < rank:
+                        owner, rank = pnode.id, preferred.index(pnode.id)
         spread = self.spread
+        cold = self.cold
+        bonus = self.affinity
         best = math.inf
-        tied: list[Target] = []
+        pick = targets[0]
+        ties = 1
         for target in targets:
             pnode = target.pnode
             stats = target.stats
@@ -181,20 +194,26 @@ class Sollol:
                 cost = service * (1.0 + (spread * load + ahead) / slots)
             else:
                 cost = service * (1.0 + spread * load / slots)
+                if owner is not None and pnode.id == owner:
+                    cost -= bonus * stats.ttft
             loaded = pnode.loaded_keys
             if loaded is not None and target.key not in loaded:
-                cost += self._cold(target, service)
+                activity = pnode.activity
+                if activity is not None and activity.vram_total:
+                    cost += self._cold(target, service)
+                else:
+                    cost += pnode.load_cost.seconds * cold
             kv = pnode.kv_cache_usage
             if kv is not None and kv > 0.9:
                 cost += service * (kv - 0.9) * 10.0
-            if owner is not None and ahead < 1 and pnode.id == owner:
-                cost -= self.affinity * stats.ttft
             if cost < best - _EPSILON:
                 best = cost
-                tied = [target]
+                pick = target
+                ties = 1
             elif cost <= best + _EPSILON:
-                tied.append(target)
-        pick = tied[0] if len(tied) == 1 else rng.choice(tied)
+                ties += 1  # reservoir sampling: each tied target is kept with equal chance
+                if rng.random() * ties < 1.0:
+                    pick = target
         return Choice(node=pick.pnode, score=-best, parts=self.parts(pick, tokens, owner))
 
     def _cold(self, target: Target, service: float) -> float:

@@ -14,6 +14,7 @@ are sampled rather than scanned.
 from __future__ import annotations
 
 import bisect
+import operator
 import random
 import time
 import zlib
@@ -248,14 +249,20 @@ def needs_of(request: Request) -> frozenset[str]:
     return frozenset(needs) if needs else _NO_NEEDS
 
 
+_PNODE = operator.attrgetter("pnode")
+
+
 class Candidates(list[PoolNode]):
     """The nodes a policy may pick from, with each one's `Target` (same order)."""
 
-    def __init__(self, targets: Sequence[Target], key: str, router: Router | None = None) -> None:
-        super().__init__([t.pnode for t in targets])
-        self.targets = list(targets)
+    def __init__(
+        self, targets: Sequence[Target], key: str, router: Router | None = None, prompt_key: str | None = None
+    ) -> None:
+        super().__init__(map(_PNODE, targets))
+        self.targets = targets if isinstance(targets, list) else list(targets)
         self.key = key
         self.router = router
+        self.prompt_key = prompt_key  # the request's, when the router already worked it out
 
 
 @attrs.frozen(kw_only=True)
@@ -296,6 +303,15 @@ class HashRing:
         points = sorted((zlib.crc32(f"{node_id}#{i}".encode()), node_id) for node_id in ids for i in range(self.POINTS))
         self._hashes = [h for h, _ in points]
         self._ids = [node_id for _, node_id in points]
+
+    def first(self, key: str, count: int) -> tuple[str, ...]:
+        """The first `count` distinct node ids on the ring from where `key` falls."""
+        out: list[str] = []
+        for node_id in self.walk(key):
+            out.append(node_id)
+            if len(out) >= count:
+                break
+        return tuple(out)
 
     def walk(self, key: str) -> Iterator[str]:
         """Node ids in ring order from where `key` falls; each id once."""
@@ -389,8 +405,14 @@ class Router:
 
     #: Above this many targets, only a sample of them is scored (policies with `sample`).
     SCAN_LIMIT = 16
-    #: The size of each half of the sample: best-known nodes and a rotating window.
-    SAMPLE = 6
+    #: The size of each half of the sample: best-known nodes and a random window.
+    SAMPLE = 3
+
+    # How a policy lets the router narrow big clusters, by its `sample` attribute:
+    # True or "ranked": the SAMPLE best-known nodes plus a random window of SAMPLE (sollol, latency);
+    # "window": a random window of 2 x SAMPLE (least_loaded: the power of d choices; random);
+    # "rotate": the first eligible node from a cursor that moves on each time (round_robin).
+    # Anything else (a third-party policy by default) sees every eligible node.
 
     def __init__(
         self,
@@ -407,12 +429,22 @@ class Router:
         self._index: ModelIndex | None = None
         self._ring: HashRing | None = None
         self._ranked: dict[str, tuple[float, list[Target]]] = {}
-        self._sampled = bool(getattr(policy, "sample", False))
+        self._doubled: dict[str, tuple[Sequence[Target], list[Target]]] = {}  # targets, targets + targets
+        self._cursor: dict[str, int] = {}
+        self._keys: dict[str, str] = {}  # model names as requested -> model_key
+        self._preferred: dict[str, tuple[str, ...]] = {}  # prompt prefix -> ring node ids
+        self._prompt: tuple[Request | None, str] = (None, "")  # the last request's prompt_key
+        self._ring_size = -1
+        self._by_id: dict[str, dict[str, Target]] = {}  # model_key -> node id -> target
+        mode = getattr(policy, "sample", False)
+        self._mode = "ranked" if mode is True else mode if mode in ("ranked", "window", "rotate") else None
 
     def invalidate(self) -> None:
         """Forget the index: an inventory changed."""
         self._index = None
         self._ranked.clear()
+        self._doubled.clear()
+        self._by_id.clear()
 
     @property
     def index(self) -> ModelIndex:
@@ -426,12 +458,34 @@ class Router:
         """The hash ring over every node."""
         if self._ring is None or len(self._ring._ids) != HashRing.POINTS * len(self.nodes):
             self._ring = HashRing([p.id for p in self.nodes])
+            self._preferred.clear()
         return self._ring
+
+    #: Ring nodes a prompt prefix may stick to: its owner, then the next ones when the owner is out.
+    PREFERRED = 3
+
+    def preferred(self, prompt_key: str) -> tuple[str, ...]:
+        """The first few node ids on the ring for a prompt prefix (cached per prefix)."""
+        found = self._preferred.get(prompt_key)
+        if found is None or self._ring is None or self._ring_size != len(self.nodes):
+            ring = self.ring
+            self._ring_size = len(self.nodes)
+            if len(self._preferred) > 4096:
+                self._preferred.clear()
+            found = self._preferred[prompt_key] = ring.first(prompt_key, self.PREFERRED)
+        return found
 
     def targets(self, request: Request) -> list[Target]:
         """Every node that serves the request's model, ignoring health and load."""
-        key = model_key(request.model)
-        index = self.index
+        model = request.model
+        key = self._keys.get(model)
+        if key is None:
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            key = self._keys[model] = model_key(model)
+        index = self._index
+        if index is None:
+            index = self.index
         found = index.by_key.get(key)
         if found:
             return found
@@ -451,10 +505,20 @@ class Router:
     def eligible(
         self, targets: Sequence[Target], request: Request, needs: frozenset[str], exclude: Sequence[str]
     ) -> list[Target]:
-        """The targets that may take the request now: healthy, capable, not full, not tried."""
-        if self._sampled and len(targets) > self.SCAN_LIMIT:
-            sample = self._sample(targets)
-            found = self._filter(sample, request, needs, exclude)
+        """The targets that may take the request now: healthy, capable, not full, not tried.
+
+        Big clusters are narrowed first, the way the policy allows (see `Router.SAMPLE`);
+        when the narrowed set has no eligible node, every node is looked at.
+        """
+        mode = self._mode
+        if mode is not None and len(targets) > self.SCAN_LIMIT:
+            if mode == "rotate":
+                found = self._rotate(targets, request, needs, exclude)
+            else:
+                sample = self._sample(targets, mode == "window")
+                if mode == "ranked":  # the prefix's ring nodes too, so affinity survives sampling
+                    sample += self._preferred_targets(targets, request)
+                found = self._filter(sample, request, needs, exclude)
             if found:
                 return found
         return self._filter(targets, request, needs, exclude)
@@ -482,7 +546,29 @@ class Router:
             out.append(target)
         return out
 
-    def _sample(self, targets: Sequence[Target]) -> list[Target]:
+    def _preferred_targets(self, targets: Sequence[Target], request: Request) -> list[Target]:
+        prompt = request.prompt_key
+        self._prompt = (request, prompt)
+        if not prompt:
+            return []
+        key = targets[0].key
+        by_id = self._by_id.get(key)
+        if by_id is None:
+            by_id = self._by_id[key] = {t.pnode.id: t for t in targets}
+        return [by_id[i] for i in self.preferred(prompt) if i in by_id]
+
+    def _window(self, targets: Sequence[Target], size: int) -> list[Target]:
+        """`size` consecutive targets from a random start (the index's order is shuffled)."""
+        key = targets[0].key
+        doubled = self._doubled.get(key)
+        if doubled is None or doubled[0] is not targets:
+            doubled = self._doubled[key] = (targets, [*targets, *targets])
+        start = int(self.rng.random() * len(targets))
+        return doubled[1][start : start + size]
+
+    def _sample(self, targets: Sequence[Target], window_only: bool = False) -> list[Target]:
+        if window_only:
+            return self._window(targets, 2 * self.SAMPLE)
         key = targets[0].key
         now = time.monotonic()
         ranked = self._ranked.get(key)
@@ -493,10 +579,27 @@ class Router:
             )
             ranked = (now, order[: self.SAMPLE])
             self._ranked[key] = ranked
+        return ranked[1] + self._window(targets, self.SAMPLE)
+
+    def _rotate(
+        self, targets: Sequence[Target], request: Request, needs: frozenset[str], exclude: Sequence[str]
+    ) -> list[Target]:
+        """The first eligible target from the model's cursor on (a few at a time), moving the cursor past it."""
+        key = targets[0].key
         count = len(targets)
-        start = self.rng.randrange(count)
-        window = [targets[(start + i) % count] for i in range(self.SAMPLE)]
-        return ranked[1] + window
+        start = self._cursor.get(key, 0) % count
+        doubled = self._doubled.get(key)
+        if doubled is None or doubled[0] is not targets:
+            doubled = self._doubled[key] = (targets, [*targets, *targets])
+        ring = doubled[1]
+        step = self.SAMPLE
+        for offset in range(0, count, step):
+            chunk = ring[start + offset : start + min(offset + step, count)]
+            found = self._filter(chunk, request, needs, exclude)
+            if found:
+                self._cursor[key] = (start + offset + chunk.index(found[0]) + 1) % count
+                return found[:1]
+        return []
 
     def possible(self, request: Request, needs: frozenset[str]) -> list[Target]:
         """Targets that could serve the request if they were healthy and free."""
@@ -505,7 +608,8 @@ class Router:
 
     def choose(self, targets: Sequence[Target], request: Request) -> tuple[Choice, Target]:
         """Let the policy pick among `targets` (never empty)."""
-        candidates = Candidates(targets, targets[0].key, self)
+        prompt = self._prompt
+        candidates = Candidates(targets, targets[0].key, self, prompt[1] if prompt[0] is request else None)
         choice = self.policy.choose(candidates, request, self.rng)
         node = choice.node
         for target in targets:
