@@ -1,6 +1,6 @@
 """Every task of the project: tests, lint, typecheck, wheels, benchmarks, serve.
 
-    pip install nox && nox -s tests      # the test command (README, CI)
+pip install nox && nox -s tests      # the test command (README, CI)
 """
 
 from __future__ import annotations

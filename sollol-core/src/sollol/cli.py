@@ -52,7 +52,8 @@ def plugins_command(args: argparse.Namespace) -> int:
         )
     console.print(table)
     for failure in plugins.failures:
-        console.print(f"[red]plugin {failure.name} ({failure.distribution or 'unknown distribution'}) failed to load:[/red] {failure.reason}")
+        where = failure.distribution or "unknown distribution"
+        console.print(f"[red]plugin {failure.name} ({where}) failed to load:[/red] {failure.reason}")
     return 0
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sollol.activity import Activity, ModelInfo
-from sollol.codec import SseEvents, StreamPlan, http_error, inband_error, int_or_none, sse_json
+from sollol.codec import SseEvents, StreamPlan, http_error, inband_error, int_or_none
 from sollol.detection import NodeState
 from sollol.errors import BackendError, ProtocolError
 from sollol.http import Exchange, HttpRequest, HttpResponse, fetch
@@ -48,9 +48,20 @@ OPTION_FIELDS = {
     "typical_p": "typical_p",
 }
 #: Ollama-only top-level fields that have no OpenAI meaning and are not sent.
-OLLAMA_ONLY = frozenset({"keep_alive", "template", "raw", "context", "truncate", "shift", "images", "system", "format", "think"})
+OLLAMA_ONLY = frozenset(
+    {"keep_alive", "template", "raw", "context", "truncate", "shift", "images", "system", "format", "think"}
+)
 
-FINISH_TO_DONE = {"stop": "stop", "eos_token": "stop", "stop_sequence": "stop", "tool_calls": "stop", "length": "length", "eos": "stop", "limit": "length", "word": "stop"}
+FINISH_TO_DONE = {
+    "stop": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "tool_calls": "stop",
+    "length": "length",
+    "eos": "stop",
+    "limit": "length",
+    "word": "stop",
+}
 
 
 def done_reason(finish: Any) -> str | None:
@@ -115,7 +126,10 @@ def usage_of(data: Any) -> Usage:
     usage = data.get("usage") if isinstance(data, Mapping) else None
     if not isinstance(usage, Mapping):
         return Usage()
-    return Usage(prompt_tokens=int_or_none(usage.get("prompt_tokens")), completion_tokens=int_or_none(usage.get("completion_tokens")))
+    return Usage(
+        prompt_tokens=int_or_none(usage.get("prompt_tokens")),
+        completion_tokens=int_or_none(usage.get("completion_tokens")),
+    )
 
 
 def tool_calls_of(message: Mapping[str, Any]) -> tuple[ToolCall, ...]:
@@ -129,7 +143,13 @@ def tool_calls_of(message: Mapping[str, Any]) -> tuple[ToolCall, ...]:
                 arguments = json.loads(arguments) if arguments.strip() else {}
             except ValueError:
                 arguments = {"_raw": arguments}
-        calls.append(ToolCall(name=str(function.get("name", "")), arguments=arguments if isinstance(arguments, Mapping) else {}, id=call.get("id")))
+        calls.append(
+            ToolCall(
+                name=str(function.get("name", "")),
+                arguments=arguments if isinstance(arguments, Mapping) else {},
+                id=call.get("id"),
+            )
+        )
     return tuple(calls)
 
 
@@ -159,7 +179,13 @@ class OpenAIStream:
     def _final(self) -> Chunk:
         self._done = True
         calls = tool_calls_of({"tool_calls": [self._calls[i] for i in sorted(self._calls)]})
-        return Chunk(done=True, done_reason=done_reason(self._finish) or "stop", usage=self._usage or Usage(), model=self._model, tool_calls=calls)
+        return Chunk(
+            done=True,
+            done_reason=done_reason(self._finish) or "stop",
+            usage=self._usage or Usage(),
+            model=self._model,
+            tool_calls=calls,
+        )
 
     def _handle(self, data: str) -> list[Chunk]:
         if self._done:
@@ -183,13 +209,17 @@ class OpenAIStream:
                 text = delta.get("content") or ""
                 thinking = reasoning_of(delta)
                 for call in delta.get("tool_calls") or ():
-                    slot = self._calls.setdefault(int(call.get("index", 0)), {"function": {"name": "", "arguments": ""}})
+                    slot = self._calls.setdefault(
+                        int(call.get("index", 0)), {"function": {"name": "", "arguments": ""}}
+                    )
                     if call.get("id"):
                         slot["id"] = call["id"]
                     function = call.get("function") or {}
                     slot["function"]["name"] += function.get("name") or ""
                     arguments = function.get("arguments")
-                    slot["function"]["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+                    slot["function"]["arguments"] += (
+                        arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+                    )
             else:
                 text, thinking = choice.get("text") or "", None
             if text or thinking:
@@ -235,7 +265,9 @@ class OpenAICompatibleBackend:
     prefix = "/v1"
     include_usage = True  # ask streams for a usage chunk (stream_options.include_usage)
 
-    def __init__(self, name: str | None = None, *, default_ports: tuple[int, ...] | None = None, health_path: str | None = None) -> None:
+    def __init__(
+        self, name: str | None = None, *, default_ports: tuple[int, ...] | None = None, health_path: str | None = None
+    ) -> None:
         if name is not None:
             self.name = name
         if default_ports is not None:
@@ -281,7 +313,11 @@ class OpenAICompatibleBackend:
         """One `/v1/models` entry as `ModelInfo`."""
         meta = entry.get("meta") if isinstance(entry.get("meta"), Mapping) else {}
         context = int_or_none(entry.get("max_model_len")) or int_or_none((meta or {}).get("n_ctx_train"))
-        return ModelInfo(name=str(entry["id"]), context_length=context, details={k: v for k, v in entry.items() if k in ("owned_by", "root", "parent")})
+        return ModelInfo(
+            name=str(entry["id"]),
+            context_length=context,
+            details={k: v for k, v in entry.items() if k in ("owned_by", "root", "parent")},
+        )
 
     def models(self) -> Exchange[Sequence[ModelInfo]]:
         """`GET /v1/models` (`data` may be null when there are none)."""
@@ -321,7 +357,9 @@ class OpenAICompatibleBackend:
 
     def chat(self, request: ChatRequest) -> Exchange[ChatResult]:
         """`POST /v1/chat/completions`."""
-        data = self.check((yield from fetch(HttpRequest.post(f"{self.prefix}/chat/completions", json=self.chat_body(request, False)))))
+        data = self.check(
+            (yield from fetch(HttpRequest.post(f"{self.prefix}/chat/completions", json=self.chat_body(request, False))))
+        )
         choices = data.get("choices") or [{}]
         message = choices[0].get("message") or {}
         return ChatResult(
@@ -341,7 +379,13 @@ class OpenAICompatibleBackend:
 
     def generate(self, request: GenerateRequest) -> Exchange[GenerateResult]:
         """`POST /v1/completions`."""
-        data = self.check((yield from fetch(HttpRequest.post(f"{self.prefix}/completions", json=self.completion_body(request, False)))))
+        data = self.check(
+            (
+                yield from fetch(
+                    HttpRequest.post(f"{self.prefix}/completions", json=self.completion_body(request, False))
+                )
+            )
+        )
         choices = data.get("choices") or [{}]
         return GenerateResult(
             model=str(data.get("model") or request.model),
@@ -361,8 +405,12 @@ class OpenAICompatibleBackend:
         body: dict[str, Any] = {"model": request.model, "input": list(request.inputs)}
         body.update({k: v for k, v in openai_fields(request).items() if k not in ("max_tokens", "temperature")})
         data = self.check((yield from fetch(HttpRequest.post(f"{self.prefix}/embeddings", json=body))))
-        items = sorted((d for d in data.get("data") or () if isinstance(d, Mapping)), key=lambda d: int(d.get("index", 0)))
+        items = sorted(
+            (d for d in data.get("data") or () if isinstance(d, Mapping)), key=lambda d: int(d.get("index", 0))
+        )
         vectors = [d.get("embedding") for d in items]
         if len(vectors) != len(request.inputs) or not all(isinstance(v, list) for v in vectors):
             raise ProtocolError(f"/v1/embeddings returned {len(vectors)} vectors for {len(request.inputs)} inputs")
-        return EmbedResult(model=str(data.get("model") or request.model), embeddings=vectors, usage=usage_of(data), raw=data)  # type: ignore[arg-type]
+        return EmbedResult(
+            model=str(data.get("model") or request.model), embeddings=vectors, usage=usage_of(data), raw=data
+        )  # type: ignore[arg-type]

@@ -139,7 +139,12 @@ class EmuResponse:
     stream: AsyncIterator[bytes] | None = None
 
 
-def json_response(obj: Any, status: int = 200, content_type: str = "application/json; charset=utf-8", headers: Iterable[tuple[str, str]] = ()) -> EmuResponse:
+def json_response(
+    obj: Any,
+    status: int = 200,
+    content_type: str = "application/json; charset=utf-8",
+    headers: Iterable[tuple[str, str]] = (),
+) -> EmuResponse:
     """A JSON answer, compact like Go's and C++'s encoders."""
     body = json.dumps(obj, separators=(",", ":")).encode()
     return EmuResponse(status=status, body=body, content_type=content_type, headers=list(headers))
@@ -150,7 +155,9 @@ def text_response(text: str, status: int = 200, content_type: str | None = "text
     return EmuResponse(status=status, body=text.encode(), content_type=content_type)
 
 
-def stream_response(chunks: AsyncIterator[bytes], content_type: str, headers: Iterable[tuple[str, str]] = ()) -> EmuResponse:
+def stream_response(
+    chunks: AsyncIterator[bytes], content_type: str, headers: Iterable[tuple[str, str]] = ()
+) -> EmuResponse:
     """A streamed answer."""
     return EmuResponse(status=200, content_type=content_type, stream=chunks, headers=list(headers))
 
@@ -338,7 +345,13 @@ class Emulator:
         fault = request.fault
         if fault is not None:
             if fault.kind == "error":
-                body = fault.body if isinstance(fault.body, bytes) else json.dumps(fault.body).encode() if fault.body is not None else b""
+                body = (
+                    fault.body
+                    if isinstance(fault.body, bytes)
+                    else json.dumps(fault.body).encode()
+                    if fault.body is not None
+                    else b""
+                )
                 return EmuResponse(status=fault.status, body=body, content_type=fault.content_type if body else None)
             if fault.kind == "hang":
                 await asyncio.sleep(fault.seconds)
