@@ -156,7 +156,7 @@ def bench_gateway_peers(session: nox.Session) -> None:
 def bench_routing(session: nox.Session) -> None:
     """Every routing policy against a clairvoyant bound on emulated Ollama clusters (benchmarks/routing.py).
 
-    nox -s bench_routing                 # the full trace (about 3 minutes on 2 cores)
+    nox -s bench_routing                 # the full trace (about 2.5 minutes on 2 cores)
     nox -s bench_routing -- --quick      # a short smoke run
     """
     session.install("uvicorn>=0.30", *_editable(CORE, "plugins/sollol-ollama"))
