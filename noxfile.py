@@ -164,6 +164,15 @@ def bench_routing(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_routing_peers(session: nox.Session) -> None:
+    """The routing trace through SOLLOL 0.9.66's OllamaPool and LiteLLM's Router (least-busy,
+    latency-based-routing), each in its own venv, beside this SOLLOL and the clairvoyant bound, in a
+    private loopback-only network namespace (benchmarks/routing_peers.py; needs root or user namespaces)."""
+    session.install("uvicorn>=0.30", *_editable(CORE, "plugins/sollol-ollama"))
+    session.run("python", str(ROOT / "benchmarks" / "routing_peers.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench_observe(session: nox.Session) -> None:
     """What metrics and the dashboard cost the gateway, with and without them side by side
     (benchmarks/observe_overhead.py; target: under 5% of throughput)."""
