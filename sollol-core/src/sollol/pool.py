@@ -485,6 +485,20 @@ class AsyncPool:
         assert isinstance(plain, (ChatRequest, GenerateRequest))
         return self._stream(plain, rank)
 
+    async def stream_lines(
+        self, request: ChatRequest | GenerateRequest, *, passthrough: str = "ollama", priority: int | None = None
+    ) -> AsyncIterator[Chunk | bytes]:
+        """Like `stream`, but when the node that serves is of the `passthrough` kind (an
+        NDJSON backend: "ollama"), its lines come as they arrived (`bytes`: one or more whole
+        lines, each ending in a newline) instead of chunks: what a gateway in front of such a
+        node sends on untouched. Only the lines that end the stream or carry an error are
+        decoded (for the usage, the latency figures and failover); others are checked, not parsed.
+        """
+        await self.start()
+        plain, rank = _take_priority(request, priority)
+        assert isinstance(plain, (ChatRequest, GenerateRequest))
+        return self._stream(plain, rank, passthrough)
+
     # -- routing and failover --------------------------------------------------------------------
 
     def _nothing_serves(self, request: Request, needs: frozenset[str]) -> SollolError:
@@ -760,7 +774,9 @@ class AsyncPool:
             self._succeeded(pnode, target, request, route, elapsed, result.usage, None, 0, waited)
             return attrs.evolve(result, node=pnode.node, route=route)  # type: ignore[no-any-return]
 
-    async def _stream(self, request: ChatRequest | GenerateRequest, priority: int = 0) -> AsyncIterator[Chunk]:
+    async def _stream(
+        self, request: ChatRequest | GenerateRequest, priority: int = 0, passthrough: str | None = None
+    ) -> AsyncIterator[Any]:
         if self._closed:
             raise PoolClosedError("this pool is closed")
         transport = self._transport
@@ -788,6 +804,7 @@ class AsyncPool:
             sent = 0
             first: float | None = None
             usage: Usage | None = None
+            done = False
             waited = pnode.load - reserved >= pnode.slots
             started = time.perf_counter()
             try:
@@ -796,21 +813,56 @@ class AsyncPool:
                         if not 200 <= response.status < 300:
                             raise backend.error(await response.read())
                         decoder = plan.decoder()
-                        async for piece in response.pieces():
-                            for chunk in decoder.feed(piece):
+                        if passthrough is not None and backend.name == passthrough:
+                            rest = b""
+                            async for piece in response.pieces():
+                                if rest:
+                                    piece = rest + piece
+                                end = piece.rfind(b"\n") + 1
+                                if not end:
+                                    rest = piece
+                                    continue
+                                rest = piece[end:]
+                                whole = piece[:end] if rest else piece
+                                lines = whole.count(b"\n")
+                                if first is None:
+                                    first = time.perf_counter() - started
+                                if _plain_lines(whole, lines):
+                                    sent += lines
+                                    yield whole
+                                    continue
+                                for line in whole.splitlines(keepends=True):
+                                    for chunk in decoder.feed(line):  # an in-band error raises here
+                                        sent += 1
+                                        if chunk.usage is not None:
+                                            usage = chunk.usage
+                                        done = done or chunk.done
+                                        yield line
+                            for chunk in decoder.feed(rest) + decoder.close():  # close: was there a done line?
+                                sent += 1
+                                if chunk.usage is not None:
+                                    usage = chunk.usage
+                                done = done or chunk.done
+                                yield rest + b"\n"
+                            rest = b""
+                        else:
+                            async for piece in response.pieces():
+                                for chunk in decoder.feed(piece):
+                                    if first is None:
+                                        first = time.perf_counter() - started
+                                    if chunk.usage is not None:
+                                        usage = chunk.usage
+                                    sent += 1
+                                    done = chunk.done
+                                    yield _placed(chunk, pnode.node, route)
+                            for chunk in decoder.close():
                                 if first is None:
                                     first = time.perf_counter() - started
                                 if chunk.usage is not None:
                                     usage = chunk.usage
                                 sent += 1
+                                done = chunk.done
                                 yield _placed(chunk, pnode.node, route)
-                        for chunk in decoder.close():
-                            if first is None:
-                                first = time.perf_counter() - started
-                            if chunk.usage is not None:
-                                usage = chunk.usage
-                            sent += 1
-                            yield _placed(chunk, pnode.node, route)
             except (BackendError, ProtocolError) as exc:
                 if isinstance(exc, BackendError):
                     exc.at(pnode.id)
@@ -828,13 +880,21 @@ class AsyncPool:
                     raise AllNodesFailedError(request.model, failures) from exc
                 continue
             except GeneratorExit:
-                if sent and chunk.done:  # closed right after the final chunk (the gateway's SSE does): served
+                if sent and done:  # closed right after the final chunk (the gateway's SSE does): served
                     self._succeeded(
                         pnode, target, request, route, time.perf_counter() - started, usage, first, sent, waited
                     )
                 raise
             self._succeeded(pnode, target, request, route, time.perf_counter() - started, usage, first, sent, waited)
             return
+
+
+def _plain_lines(data: bytes, lines: int) -> bool:
+    """Whether each of the `lines` NDJSON lines in `data` is an ordinary one: not the last of
+    its stream and no error (compact `"done":false` on every line, no `"done":true` and no
+    `"error"` anywhere; a quote inside a JSON string is escaped, so these match keys only, or
+    fall to the full decode). Such lines need no parsing to be passed on."""
+    return b'"error"' not in data and b'"done":true' not in data and data.count(b'"done":false') == lines
 
 
 def _placed(chunk: Chunk, node: Node, route: Route) -> Chunk:

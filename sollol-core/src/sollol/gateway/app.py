@@ -46,7 +46,7 @@ from sollol.gateway.wire import (
     start_stream,
 )
 from sollol.http import HttpRequest
-from sollol.inference import Chunk
+from sollol.inference import ChatRequest, Chunk, GenerateRequest
 from sollol.pool import AsyncPool
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,12 @@ class Gateway:
             result = await self.pool.chat(model, messages, options=options, **params)
             await send_json(send, tr.ollama_chat(model, result))
             return
-        chunks = await self.pool.chat(model, messages, stream=True, options=options, **params)
+        lines = getattr(self.pool, "stream_lines", None)
+        if lines is not None:  # an Ollama node's lines go out as they came, unparsed
+            request = ChatRequest(model=model, messages=tuple(messages), options=options, params=params)
+            chunks = await lines(request, passthrough="ollama")
+        else:
+            chunks = await self.pool.chat(model, messages, stream=True, options=options, **params)
         await self._ndjson(receive, send, chunks, model, chat=True)
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, body: Any) -> None:
@@ -399,7 +404,12 @@ class Gateway:
             result = await self.pool.generate(model, prompt, options=options, **params)
             await send_json(send, tr.ollama_generate(model, result))
             return
-        chunks = await self.pool.generate(model, prompt, stream=True, options=options, **params)
+        lines = getattr(self.pool, "stream_lines", None)
+        if lines is not None:
+            request = GenerateRequest(model=model, prompt=prompt, options=options, params=params)
+            chunks = await lines(request, passthrough="ollama")
+        else:
+            chunks = await self.pool.generate(model, prompt, stream=True, options=options, **params)
         await self._ndjson(receive, send, chunks, model, chat=False)
 
     async def _loaded(self, send: Send, model: str, field: str, params: Mapping[str, Any]) -> None:
@@ -415,16 +425,19 @@ class Gateway:
         await send_json(send, payload)
 
     async def _ndjson(
-        self, receive: Receive, send: Send, chunks: AsyncIterator[Chunk], model: str, *, chat: bool
+        self, receive: Receive, send: Send, chunks: AsyncIterator[Chunk | bytes], model: str, *, chat: bool
     ) -> None:
         first = await _first(chunks)  # errors before the first byte get their real status
         await start_stream(send, NDJSON_TYPE)
         gone = _watch_disconnect(receive)
         try:
-            chunk: Chunk | None = first
+            chunk: Chunk | bytes | None = first
             while chunk is not None:
-                for line in tr.ollama_chunk(model, chunk, chat):
-                    await send_piece(send, dumps(line) + b"\n")
+                if type(chunk) is bytes:  # whole lines from an Ollama node (`AsyncPool.stream_lines`)
+                    await send_piece(send, chunk)
+                else:
+                    for line in tr.ollama_chunk(model, chunk, chat):  # type: ignore[arg-type]
+                        await send_piece(send, dumps(line) + b"\n")
                 if _gone(gone):
                     break
                 chunk = await anext(chunks, None)
@@ -627,7 +640,7 @@ def _basic_password(token: bytes) -> bytes | None:
         return None
 
 
-async def _first(chunks: AsyncIterator[Chunk]) -> Chunk:
+async def _first(chunks: AsyncIterator[Any]) -> Any:
     try:
         return await chunks.__anext__()
     except StopAsyncIteration:
@@ -637,7 +650,7 @@ async def _first(chunks: AsyncIterator[Chunk]) -> Chunk:
         raise
 
 
-async def _close(chunks: AsyncIterator[Chunk]) -> None:
+async def _close(chunks: AsyncIterator[Any]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         try:

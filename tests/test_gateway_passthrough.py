@@ -1,0 +1,72 @@
+"""`AsyncPool.stream_lines`: an Ollama node's NDJSON lines reach an Ollama client as they came."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import sollol
+from sollol.errors import StreamInterruptedError
+from sollol.inference import ChatRequest, Chunk, GenerateRequest
+from sollol.testing.emulator import EmulatedModel, EmulatorConfig, Fault
+from sollol.testing.servers import LoopbackServers
+from sollol_ollama.emulator import OllamaEmulator
+
+USER = ({"role": "user", "content": "hello there"},)
+
+
+@pytest.fixture
+def emulator() -> OllamaEmulator:
+    return OllamaEmulator(EmulatorConfig(name="node0", models=[EmulatedModel(name="llama3.2:latest")]))
+
+
+async def test_lines_pass_through_unparsed_and_the_pool_still_learns(
+    emulator: OllamaEmulator, loopback_servers: LoopbackServers
+) -> None:
+    running = loopback_servers.start(emulator)
+    async with sollol.AsyncPool([running.address], backend="ollama") as pool:
+        expected = [c async for c in await pool.stream(ChatRequest(model="llama3.2", messages=USER))]
+        pieces = [p async for p in await pool.stream_lines(ChatRequest(model="llama3.2", messages=USER))]
+        assert all(type(p) is bytes and p.endswith(b"\n") for p in pieces)
+        lines = [json.loads(line) for line in b"".join(pieces).splitlines()]
+        assert [line["message"]["content"] for line in lines] == [c.text for c in expected]
+        assert lines[-1]["done"] is True and all(not line["done"] for line in lines[:-1])
+        assert lines[-1]["model"] == expected[-1].raw["model"]  # the node's own words, model name included
+        node = pool.nodes()[0]
+        assert node["served"] == 2
+        generated = [p async for p in await pool.stream_lines(GenerateRequest(model="llama3.2", prompt="why"))]
+        assert json.loads(b"".join(generated).splitlines()[-1])["done"] is True
+
+
+async def test_other_kinds_still_give_chunks(emulator: OllamaEmulator, loopback_servers: LoopbackServers) -> None:
+    running = loopback_servers.start(emulator)
+    async with sollol.AsyncPool([running.address], backend="ollama") as pool:
+        chunks = [
+            c async for c in await pool.stream_lines(ChatRequest(model="llama3.2", messages=USER), passthrough="vllm")
+        ]
+        assert all(isinstance(c, Chunk) for c in chunks) and chunks[-1].done
+
+
+async def test_an_inband_error_after_lines_is_never_passed_on_as_success(
+    emulator: OllamaEmulator, loopback_servers: LoopbackServers
+) -> None:
+    running = loopback_servers.start(emulator)
+    emulator.inject(Fault.stream_error(after=2, message="out of memory", paths=("/api/chat",)))
+    async with sollol.AsyncPool([running.address], backend="ollama") as pool:
+        got: list[bytes] = []
+        with pytest.raises(StreamInterruptedError, match="out of memory"):
+            async for piece in await pool.stream_lines(ChatRequest(model="llama3.2", messages=USER)):
+                got.append(piece)  # type: ignore[arg-type]
+        assert b"out of memory" not in b"".join(got)
+
+
+async def test_a_stream_without_its_done_line_is_an_error(
+    emulator: OllamaEmulator, loopback_servers: LoopbackServers
+) -> None:
+    running = loopback_servers.start(emulator)
+    emulator.inject(Fault.truncate(after=2, paths=("/api/chat",)))
+    async with sollol.AsyncPool([running.address], backend="ollama") as pool:
+        with pytest.raises(StreamInterruptedError):
+            async for _ in await pool.stream_lines(ChatRequest(model="llama3.2", messages=USER)):
+                pass
