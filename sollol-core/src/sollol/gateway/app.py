@@ -47,6 +47,7 @@ from sollol.gateway.wire import (
 )
 from sollol.http import HttpRequest
 from sollol.inference import ChatRequest, Chunk, GenerateRequest
+from sollol.observe.context import PROTOCOL
 from sollol.pool import AsyncPool
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,14 @@ class Gateway:
             if self._keys and path != "/":
                 self._authorize(auth, key)
             body = parse_object(await read_body(receive, length, self.max_body)) if route.reads_body else None
-            await handler(scope, receive, send, body)
+            if self.observe is None:
+                await handler(scope, receive, send, body)
+            else:  # observers label requests by the client's protocol (sollol.observe.context)
+                token = PROTOCOL.set("openai" if route.openai else "ollama")
+                try:
+                    await handler(scope, receive, send, body)
+                finally:
+                    PROTOCOL.reset(token)
         except Exception as exc:  # every failure is answered in the route's protocol
             error = api_error(exc, openai=route.openai)
             if error.status >= 500 and not isinstance(exc, (ApiError, SollolError)):

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sollol.gateway.wire import TEXT_TYPE, Receive, Scope, Send, send_body, send_json
-from sollol.observe.context import PROTOCOL
 from sollol.observe.dashboard import send_page, stream_status
 from sollol.observe.logs import EventLog
 from sollol.observe.status import StatusFeed, status_document
@@ -84,26 +83,10 @@ class Observability:
         await send_body(send, 200, self.metrics.render(), CONTENT_TYPE_LATEST.encode())
 
 
-def _tagged(handler: Handler, protocol: str) -> Handler:
-    """`handler` with the client protocol set for observers while it runs."""
-
-    async def run(scope: Scope, receive: Receive, send: Send, body: Any) -> None:
-        token = PROTOCOL.set(protocol)
-        try:
-            await handler(scope, receive, send, body)
-        finally:
-            PROTOCOL.reset(token)
-
-    return run
-
-
 def mount(gateway: Any, *, metrics: bool = True, event_log: str | int | None = None) -> Observability:
     """Subscribe the observers to `gateway.pool` and add the observability routes to `gateway`."""
     observe = Observability(gateway.pool, metrics=metrics, event_log=event_log)
-    routes = [*gateway._routes.values(), gateway._model_route]
-    for route in routes:
-        protocol = "openai" if route.openai else "ollama"
-        route.methods = {method: _tagged(fn, protocol) for method, fn in route.methods.items()}
+    # The gateway sets the client protocol (`PROTOCOL`) around each handler while it has observers.
     gateway._add(METRICS_PATH, False, {"GET": observe.prometheus}, reads_body=False)
     gateway._add(DASHBOARD_PATH, False, {"GET": observe.dashboard}, reads_body=False)
     gateway._add(NODES_PATH, False, {"GET": observe.nodes}, reads_body=False)
