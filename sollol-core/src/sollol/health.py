@@ -24,7 +24,7 @@ class CircuitState(str, enum.Enum):
 class CircuitBreaker:
     """One node's breaker. Mutated only on the pool's event loop."""
 
-    __slots__ = ("consecutive", "cooldown", "opened_at", "reason", "state", "threshold", "trial")
+    __slots__ = ("consecutive", "cooldown", "failed_at", "opened_at", "reason", "state", "threshold", "trial")
 
     def __init__(self, *, threshold: int = 3, cooldown: float = 5.0) -> None:
         self.threshold = max(1, threshold)
@@ -32,6 +32,7 @@ class CircuitBreaker:
         self.state = CircuitState.CLOSED
         self.consecutive = 0
         self.opened_at = 0.0
+        self.failed_at = 0.0  # time.monotonic() of the last failure
         self.trial = False  # a half-open trial request is out
         self.reason: str | None = None
 
@@ -59,8 +60,15 @@ class CircuitBreaker:
         if self.state is CircuitState.HALF_OPEN:
             self.trial = True
 
-    def success(self) -> bool:
-        """A request succeeded. Returns True when this closed the breaker."""
+    def success(self, sent: float | None = None) -> bool:
+        """A request succeeded. Returns True when this closed the breaker.
+
+        `sent` (time.monotonic()): when the request was sent; a request sent before the last
+        failure says nothing about the node now (it was admitted while the node was still
+        well), so it neither resets the failure count nor closes the breaker.
+        """
+        if sent is not None and sent < self.failed_at:
+            return False
         self.consecutive = 0
         if self.state is CircuitState.CLOSED:
             return False
@@ -73,6 +81,7 @@ class CircuitBreaker:
         """A request failed. `trip` opens at once. Returns True when this opened the breaker."""
         self.consecutive += 1
         self.reason = reason
+        self.failed_at = time.monotonic()
         if self.state is CircuitState.OPEN:
             self.opened_at = time.monotonic()
             return False

@@ -206,6 +206,9 @@ class Sollol:
             kv = pnode.kv_cache_usage
             if kv is not None and kv > 0.9:
                 cost += service * (kv - 0.9) * 10.0
+            failures = pnode.breaker.consecutive
+            if failures:  # it failed the last request(s): a likely retry, i.e. paying twice
+                cost += 2.0 * service * failures
             if cost < best - _EPSILON:
                 best = cost
                 pick = target
@@ -248,6 +251,7 @@ class Sollol:
             ("service", service),
             ("wait", wait),
             ("kv", pressure),
+            ("failures", 2.0 * service * pnode.breaker.consecutive),
             ("affinity", -bonus),
             ("load", float(load)),
         )

@@ -681,10 +681,13 @@ class AsyncPool:
         to the first byte includes waiting in the node's own queue: not a service time.
         """
         pnode.served += 1
-        if pnode.breaker.state is not CircuitState.CLOSED and pnode.breaker.success():
-            self._emit("circuit.closed", pnode.id, data={"reason": "a request succeeded"})
-        else:
-            pnode.breaker.consecutive = 0
+        breaker = pnode.breaker
+        sent = time.monotonic() - elapsed
+        if breaker.state is not CircuitState.CLOSED:
+            if breaker.success(sent):
+                self._emit("circuit.closed", pnode.id, data={"reason": "a request succeeded"})
+        elif sent >= breaker.failed_at:  # one sent before the last failure says nothing about now
+            breaker.consecutive = 0
         if pnode.loaded_keys is not None:
             pnode.loaded_keys.add(target.key)
         load = usage.load_duration if usage is not None else None
