@@ -145,8 +145,9 @@ class Sollol:
     cost = cold load (when the node is known not to have the model in memory, more when
     the model will not fit its free memory) + service time (learned per node and model)
     + wait (service time times the requests ahead of it per parallel slot) + KV-cache
-    pressure (backends that report it) - affinity (part of the time to first token, on
-    the node the prompt prefix hashes to, while that node has a free slot).
+    pressure (backends that report it) + failures (two service times per failure in a row
+    on the node: a likely retry) - affinity (part of the time to first token, on the node
+    the prompt prefix hashes to, while that node has a free slot).
     """
 
     name = "sollol"
