@@ -276,13 +276,25 @@ def start_node(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_gateway(port: int, node_port: int) -> tuple[subprocess.Popen[bytes], float, float]:
+def start_gateway(port: int, node_port: int, server: str = "fast") -> tuple[subprocess.Popen[bytes], float, float]:
     """The gateway; (process, seconds until GET / answers, seconds until /api/tags lists the model)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SOLLOL_", "OLLAMA_"))}
     entry = "import sys; from sollol.cli import main; sys.exit(main(sys.argv[1:]))"
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-c", entry, "serve", f"http://{HOST}:{node_port}", "--port", str(port), "--host", HOST],
+        [
+            sys.executable,
+            "-c",
+            entry,
+            "serve",
+            f"http://{HOST}:{node_port}",
+            "--port",
+            str(port),
+            "--host",
+            HOST,
+            "--server",
+            server,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -371,13 +383,13 @@ def side_by_side(
     }
 
 
-def run(seconds: float, concurrency: Sequence[int], rounds: int = 3) -> dict[str, Any]:
+def run(seconds: float, concurrency: Sequence[int], rounds: int = 3, server: str = "fast") -> dict[str, Any]:
     node_port, gateway_port = free_port(), free_port()
     node = start_node(node_port)
     gateway = None
     loader = LoadGenerator()
     try:
-        gateway, live, ready = start_gateway(gateway_port, node_port)
+        gateway, live, ready = start_gateway(gateway_port, node_port, server)
         time.sleep(0.5)
         idle_rss = rss_mb(gateway.pid)
         rows = []
@@ -386,9 +398,11 @@ def run(seconds: float, concurrency: Sequence[int], rounds: int = 3) -> dict[str
                 row = side_by_side(
                     loader, (node_port, node.pid), (gateway_port, gateway.pid), clients, stream, seconds, rounds
                 )
+                row["server"] = server
                 rows.append(row)
                 print(describe(row), flush=True)
         return {
+            "server": server,
             "startup_live_s": live,
             "startup_ready_s": ready,
             "idle_rss_mb": idle_rss,
@@ -411,7 +425,7 @@ def describe(row: dict[str, Any]) -> str:
     d, g = row["direct"], row["gateway"]
     ttft = f" ttft {d['ttft_p50_ms']:.2f}->{g['ttft_p50_ms']:.2f} ms" if row["stream"] else ""
     return (
-        f"{'stream' if row['stream'] else 'plain '} c={row['clients']:<3} "
+        f"{row.get('server', '')} {'stream' if row['stream'] else 'plain '} c={row['clients']:<3} "
         f"p50 {d['p50_ms']:.2f}->{g['p50_ms']:.2f} ms (+{row['added_p50_ms']:.2f}) "
         f"p99 {d['p99_ms']:.2f}->{g['p99_ms']:.2f} ms (+{row['added_p99_ms']:.2f}) "
         f"rps {d['rps']:.0f}->{g['rps']:.0f} ({row['throughput_ratio']:.2f}x) "
@@ -422,6 +436,8 @@ def describe(row: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
+        f"`sollol serve --server {result.get('server', 'fast')}`:",
+        "",
         "| mode | clients | direct p50 / p99 (ms) | gateway p50 / p99 (ms) | added p50 / p99 (ms) "
         "| direct req/s | gateway req/s | ratio | gateway CPU/req (ms) | node CPU/req (ms) "
         "| TTFT direct / gateway (ms) |",
@@ -455,15 +471,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clients", default="1,16,64", help="concurrency levels, comma separated")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument(
+        "--server",
+        default="fast,uvicorn",
+        help="gateway HTTP servers to measure, comma separated (sollol serve --server: fast, uvicorn)",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         return worker()
-    result = run(args.seconds, [int(c) for c in args.clients.split(",")], args.rounds)
-    print()
-    print(markdown(result))
+    results = []
+    for server in [s.strip() for s in args.server.split(",") if s.strip()]:
+        results.append(run(args.seconds, [int(c) for c in args.clients.split(",")], args.rounds, server))
+    for result in results:
+        print()
+        print(markdown(result))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+            json.dump(results[0] if len(results) == 1 else results, handle, indent=2)
     return 0
 
 

@@ -74,6 +74,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help=f"also serve from an emulated node of this kind, on loopback (repeatable; {', '.join(EMULATOR_KINDS)})",
     )
     parser.add_argument(
+        "--server",
+        choices=("fast", "uvicorn"),
+        default="fast",
+        help="HTTP server: the built-in httptools one (default) or uvicorn",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="start, send chat/generate/embed requests through the clients, print, exit 0/1",
@@ -236,11 +242,60 @@ def use_lean_http_client() -> None:
     sollol.transport.TRANSPORT_CLASS = LeanTransport
 
 
-async def _serve(config: GatewayConfig, args: argparse.Namespace, console: Console) -> int:
-    import uvicorn
+async def _serve_fast(
+    app: Any,
+    sock: socket.socket,
+    config: GatewayConfig,
+    args: argparse.Namespace,
+    console: Console,
+    pool: Any,
+    started: float,
+) -> int:
+    """Run the gateway on `sollol.gateway.fastserver` until SIGINT/SIGTERM (or the smoke test ends)."""
+    import signal
 
+    from sollol.gateway.fastserver import serve_gateway
+
+    if config.access_log:
+        logging.getLogger("sollol.gateway.access").setLevel(logging.INFO)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+    task = asyncio.create_task(serve_gateway(app, sock, stop=stop, started=ready.set, access_log=config.access_log))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if not ready.is_set():
+        waiter.cancel()
+        task.result()
+        raise ConfigError("the gateway stopped while starting (see the log above)")
+    port = sock.getsockname()[1]
+    base = client_base(config.host, port)
+    _banner(console, config, base, pool, time.perf_counter() - started)
+    try:
+        if args.smoke:
+            from sollol.gateway.smoke import run_smoke
+
+            ok = await asyncio.to_thread(
+                run_smoke, base, config.api_keys[0] if config.api_keys else None, console, pool
+            )
+            stop.set()
+            await task
+            return 0 if ok else 1
+        await task
+        return 0
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+
+
+async def _serve(config: GatewayConfig, args: argparse.Namespace, console: Console) -> int:
     from sollol.gateway import Gateway
-    from sollol.gateway.server import http_protocol
     from sollol.pool import AsyncPool
 
     with contextlib.ExitStack() as stack:
@@ -257,6 +312,12 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace, console: Conso
         use_lean_http_client()
         pool = AsyncPool(nodes, policy=config.policy)
         app = Gateway(pool, api_keys=config.api_keys, max_body=config.max_body)
+        if getattr(args, "server", "fast") == "fast":
+            return await _serve_fast(app, sock, config, args, console, pool, started)
+        import uvicorn
+
+        from sollol.gateway.server import http_protocol
+
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

@@ -673,7 +673,14 @@ async def _disconnected(receive: Receive) -> bool:
 
 
 def _watch_disconnect(receive: Receive) -> asyncio.Future[bool]:
-    """A task that finishes with True when the client goes away (the body was read already)."""
+    """A future that finishes with True when the client goes away (the body was read already).
+
+    A server that knows it already offers one as `receive.disconnected` (sollol.gateway.fastserver);
+    under any other ASGI server a task waits for the `http.disconnect` message.
+    """
+    known: asyncio.Future[bool] | None = getattr(receive, "disconnected", None)
+    if known is not None:
+        return known
     return asyncio.ensure_future(_disconnected(receive))
 
 
