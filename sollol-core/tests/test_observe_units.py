@@ -180,3 +180,85 @@ def test_event_log_json_lines_and_level_parsing(
     with pytest.raises(ConfigError, match="unknown event log level"):
         parse_level("loud")
     assert logfmt({"a": "x y", "b": None, "c": {"d": 1}}) == 'a="x y" c.d=1'
+
+
+class NoNodes:
+    """A stand-in pool for the metrics: no nodes, nothing queued."""
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return []
+
+    def queued(self) -> int:
+        return 0
+
+
+def a_session() -> list[ActivityEvent]:
+    """Routed, failed, routed again, finished; a streamed one; node and circuit changes; a queued request."""
+    return [
+        routed("a", 100.0),
+        ActivityEvent(
+            kind="request.failed",
+            node="a",
+            model="llama3.2",
+            at=100.1,
+            data={"reason": "HTTP 500: boom", "operation": "chat", "error": "BackendError"},
+        ),
+        ActivityEvent(kind="circuit.opened", node="a", at=100.1),
+        routed("b", 100.2, attempt=2, tried=("a",)),
+        finished("b", 100.3, 0.25),
+        ActivityEvent(kind="request.queued", model="llama3.2", at=101.0),
+        routed("b", 101.5),
+        finished("b", 101.9, 0.4, ttft=0.05),
+        ActivityEvent(kind="node.down", node="a", at=102.0),
+    ]
+
+
+def test_the_fanout_sees_what_each_observer_sees_alone(caplog: pytest.LogCaptureFixture) -> None:
+    from sollol.observe.endpoints import Fanout
+    from sollol.observe.metrics import PrometheusObserver
+
+    caplog.set_level(logging.DEBUG, logger="sollol.events")
+    alone = (StatusFeed(clock=lambda: 102.5), PrometheusObserver(NoNodes()), EventLog("info"))
+    together = Fanout(StatusFeed(clock=lambda: 102.5), PrometheusObserver(NoNodes()), EventLog("info"))
+    token = PROTOCOL.set("openai")
+    for event in a_session():
+        for observer in alone:
+            observer.sollol_activity_event(event)
+    logged_alone = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    for event in a_session():
+        together.sollol_activity_event(event)
+    PROTOCOL.reset(token)
+    assert [r.getMessage() for r in caplog.records] == logged_alone
+    assert any("event=request.routed" in m for m in logged_alone)
+    assert not any("request.finished" in m for m in logged_alone)  # debug, below the flag
+    assert together.feed.pending and together.metrics.pending  # nothing counted yet: folded when read
+    assert together.feed.decisions() == alone[0].decisions()
+    assert together.feed.series() == alone[0].series()
+    series = together.feed.series()
+    assert series["requests"][-3:] == [2, 1, 0] and series["errors"][-3:] == [1, 0, 0]
+    text = together.metrics.render().decode()
+    assert text == alone[1].render().decode()
+    assert 'sollol_requests_total{model="llama3.2",node="b",operation="",outcome="ok",protocol="openai"} 2.0' in text
+    assert 'outcome="error",protocol="openai"} 1.0' in text
+    assert 'sollol_circuit_changes_total{node="a",state="opened"} 1.0' in text
+    assert 'sollol_requests_queued_total{model="llama3.2"} 1.0' in text
+    assert 'sollol_time_to_first_token_seconds_count{model="llama3.2",node="b",protocol="openai"} 1.0' in text
+    assert not together.feed.pending and not together.metrics.pending
+
+
+def test_pending_records_stay_bounded_and_are_all_counted() -> None:
+    from sollol.observe.endpoints import Fanout
+    from sollol.observe.metrics import PENDING_LIMIT, PrometheusObserver
+
+    fanout = Fanout(StatusFeed(clock=lambda: 100.5), PrometheusObserver(NoNodes()), EventLog("off"))
+    extra = 10
+    for _ in range(PENDING_LIMIT + extra):
+        fanout.sollol_activity_event(finished("a", 100.0, 0.1))
+    assert len(fanout.feed.pending) == extra and len(fanout.metrics.pending) == extra
+    assert fanout.feed.series()["requests"][-1] == PENDING_LIMIT + extra
+    text = fanout.metrics.render().decode()
+    assert (
+        f'sollol_request_duration_seconds_count{{model="llama3.2",node="a",protocol="python"}} {PENDING_LIMIT + extra}.0'
+        in text
+    )

@@ -54,20 +54,48 @@ class Activity:
         return None if self.loaded is None else frozenset(m.name for m in self.loaded)
 
 
-@attrs.frozen(kw_only=True)
+_now = time.time
+
+
+@attrs.frozen(kw_only=True, init=False)
 class ActivityEvent:
-    """Something happened in the pool. `kind` is one of the names in `EVENT_KINDS`."""
+    """Something happened in the pool. `kind` is one of the names in `EVENT_KINDS`.
+
+    Built for every request while observers exist, so its `__init__` is written out (attrs'
+    generated one costs half as much again): a plain `dict` given as `data` is kept as it is (the
+    event owns it from then on), any other mapping is copied; `at` defaults to now.
+    """
 
     kind: str
     node: str | None = None
     model: str | None = None
-    data: Mapping[str, Any] = attrs.field(factory=dict, converter=_mapping)
+    data: Mapping[str, Any] = attrs.field(factory=dict)
     at: float = attrs.field(factory=time.time)
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        node: str | None = None,
+        model: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        at: float | None = None,
+    ) -> None:
+        _set_kind(self, kind)
+        _set_node(self, node)
+        _set_model(self, model)
+        _set_data(self, data if type(data) is dict else _mapping(data))
+        _set_at(self, _now() if at is None else at)
 
     def to_json(self) -> dict[str, Any]:
         """A backend-agnostic JSON object."""
         return {"kind": self.kind, "node": self.node, "model": self.model, "at": self.at, **self.data}
 
+
+# The slots' own setters: cheaper than `object.__setattr__` by name, and past the frozen guard.
+_set_kind, _set_node, _set_model, _set_data, _set_at = (
+    ActivityEvent.__dict__[name].__set__ for name in ("kind", "node", "model", "data", "at")
+)
 
 EVENT_KINDS = frozenset(
     {

@@ -89,6 +89,7 @@ class Plugins:
         self.policies: dict[str, Callable[..., Any]] = {}
         self.sources: dict[str, Any] = {}
         self._probes: tuple[HttpRequest, ...] | None = None
+        self._observers: tuple[tuple[Callable[..., Any], str], ...] | None = None  # emit's cache
         provided = self._collect()
         self.infos = tuple(
             attrs.evolve(
@@ -268,20 +269,31 @@ class Plugins:
         return claims
 
     def emit(self, event: ActivityEvent) -> None:
-        """Tell every observer about `event`; an observer that raises is logged and skipped."""
-        for impl in self.pm.hook.sollol_activity_event.get_hookimpls():
+        """Tell every observer about `event`; an observer that raises is logged and skipped.
+
+        The observers' functions are listed once and the list kept until `add_observer` or
+        `remove_observer` changes it (this runs for every request); register observers after
+        loading through those two, not on `pm` directly.
+        """
+        observers = self._observers
+        if observers is None:
+            impls = self.pm.hook.sollol_activity_event.get_hookimpls()
+            observers = self._observers = tuple((impl.function, impl.plugin_name) for impl in impls)
+        for function, name in observers:
             try:
-                impl.function(event=event)
+                function(event=event)
             except Exception:
-                log.exception("activity observer %s raised on %s", impl.plugin_name, event.kind)
+                log.exception("activity observer %s raised on %s", name, event.kind)
 
     def add_observer(self, observer: object, name: str | None = None) -> None:
         """Register an object with a `sollol_activity_event` hook at run time."""
+        self._observers = None
         self.pm.register(observer, name=name)
         self.pm.check_pending()
 
     def remove_observer(self, observer: object) -> None:
         """Undo `add_observer`."""
+        self._observers = None
         self.pm.unregister(observer)
 
     def as_json(self) -> Mapping[str, Any]:

@@ -1,9 +1,10 @@
 """Observability on the gateway: `/metrics`, `/dashboard`, `/api/sollol/nodes`, `/api/sollol/events`.
 
 `mount(gateway)` subscribes the observers (metrics, the dashboard's feed, the event log)
-through the pool's `sollol_activity_event` hook, exactly as a third-party plugin would, and
-adds the four routes to the gateway's table; they sit behind the gateway's API keys like
-every other route. `Observability.close()` unsubscribes.
+through the pool's `sollol_activity_event` hook, exactly as a third-party plugin would (as
+one `Fanout`: one hook call per event, not three), and adds the four routes to the gateway's
+table; they sit behind the gateway's API keys like every other route.
+`Observability.close()` unsubscribes.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sollol.activity import ActivityEvent
 from sollol.gateway.wire import TEXT_TYPE, Receive, Scope, Send, send_body, send_json
+from sollol.observe.context import PROTOCOL
 from sollol.observe.dashboard import send_page, stream_status
-from sollol.observe.logs import EventLog
-from sollol.observe.status import StatusFeed, status_document
+from sollol.observe.logs import EVENT_LEVELS, EventLog
+from sollol.observe.status import PENDING_LIMIT, StatusFeed, conclude, decide, status_document
+from sollol.plugins import hookimpl
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,57 @@ DASHBOARD_PATH = "/dashboard"
 NODES_PATH = "/api/sollol/nodes"
 EVENTS_PATH = "/api/sollol/events"
 PATHS = (METRICS_PATH, DASHBOARD_PATH, NODES_PATH, EVENTS_PATH)
+
+
+class Fanout:
+    """The gateway's observers behind one `sollol_activity_event` hookimpl.
+
+    Per request it does no more than each observer would alone, minus two hook calls: a
+    routing decision is appended to the feed's bounded deque; a finished or failed request
+    becomes one `(event, protocol)` record appended to the feed's and the metrics' pending
+    lists, folded into series, counters and histograms when they are read. The event log
+    is called only for events at or above its level.
+    """
+
+    def __init__(self, feed: StatusFeed, metrics: Any, event_log: EventLog) -> None:
+        self.feed = feed
+        self.metrics = metrics
+        self.event_log = event_log
+        self._decisions = feed._decisions
+        self._feed_pending = feed.pending
+        self._metrics_pending: list[Any] | None = metrics.pending if metrics is not None else None
+
+    @hookimpl
+    def sollol_activity_event(self, event: ActivityEvent) -> None:
+        """Hand `event` to each observer's cheapest path."""
+        kind = event.kind
+        if kind == "request.finished" or kind == "request.failed":
+            record = (event, PROTOCOL.get())
+            pending = self._feed_pending
+            pending.append(record)
+            conclude(event)
+            if len(pending) >= PENDING_LIMIT:
+                self.feed.fold()
+            counted = self._metrics_pending
+            if counted is not None:
+                counted.append(record)
+                if len(counted) >= PENDING_LIMIT:
+                    self.metrics.fold()
+        elif kind == "request.routed":
+            decide(self._decisions, event, PROTOCOL.get())
+        else:
+            self.feed.sollol_activity_event(event)
+            if self.metrics is not None:
+                self.metrics.count(event)
+        log = self.event_log
+        if EVENT_LEVELS.get(kind, logging.INFO) >= log.level:
+            log.sollol_activity_event(event)
+
+    def fold(self) -> None:
+        """Fold every pending record now (what a read does anyway)."""
+        self.feed.fold()
+        if self.metrics is not None:
+            self.metrics.fold()
 
 
 class Observability:
@@ -43,7 +98,8 @@ class Observability:
             else:
                 self.metrics = PrometheusObserver(pool)
         self.event_log = EventLog(event_log)
-        self.observers: list[object] = [o for o in (self.feed, self.metrics, self.event_log) if o is not None]
+        self.fanout = Fanout(self.feed, self.metrics, self.event_log)
+        self.observers: list[object] = [self.fanout]
         self._plugins = getattr(pool, "plugins", None)  # a stand-in pool may have none
         if self._plugins is not None:
             for observer in self.observers:

@@ -116,12 +116,18 @@ class _Histogram:
         self.total = 0.0
 
 
+#: Records waiting to be counted before a scrape counts them anyway.
+PENDING_LIMIT = 4096
+
+
 class PrometheusObserver:
     """An activity observer that keeps Prometheus metrics of one pool in its own registry.
 
-    Per event it only bumps plain counters (a dict lookup and an addition, no locks, no
-    prometheus-client objects): this runs on the pool's loop for every request. The
-    families are built from those counts when `/metrics` is scraped.
+    Per request it only appends the finished or failed event, with the client protocol, to a
+    pending list (this runs on the pool's loop for every request); the counters and histogram
+    buckets are counted from that list when `/metrics` is scraped (or when it reaches
+    `PENDING_LIMIT`), and the families are built from the counts then. No locks, no
+    prometheus-client objects per event.
     """
 
     def __init__(self, pool: Any, registry: CollectorRegistry | None = None) -> None:
@@ -133,6 +139,8 @@ class PrometheusObserver:
         self.queued: dict[tuple[str, ...], int] = {}  # (model,)
         self.node_changes: dict[tuple[str, ...], int] = {}  # (node, state)
         self.circuit_changes: dict[tuple[str, ...], int] = {}
+        #: (finished or failed event, protocol) not yet counted
+        self.pending: list[tuple[ActivityEvent, str]] = []
         self.registry.register(PoolCollector(pool))
         self.registry.register(_EventCollector(self))
 
@@ -146,30 +154,19 @@ class PrometheusObserver:
 
     @hookimpl
     def sollol_activity_event(self, event: ActivityEvent) -> None:
-        """Count what happened."""
+        """Note what happened: requests for later counting, node and circuit changes at once."""
         kind = event.kind
-        if kind == "request.finished":
-            data = event.data
-            node = event.node or ""
-            model = event.model or ""
-            protocol = PROTOCOL.get()
-            key = (node, model, protocol, str(data.get("operation", "")), "ok")
-            self.requests[key] = self.requests.get(key, 0) + 1
-            latency = data.get("latency")
-            if latency is not None:
-                self._observe(self.latency, (node, model, protocol), latency, LATENCY_BUCKETS)
-            ttft = data.get("ttft")
-            if ttft is not None:
-                self._observe(self.ttft, (node, model, protocol), ttft, TTFT_BUCKETS)
-        elif kind == "request.failed":
-            data = event.data
-            node = event.node or ""
-            model = event.model or ""
-            key = (node, model, PROTOCOL.get(), str(data.get("operation", "")), "error")
-            self.requests[key] = self.requests.get(key, 0) + 1
-            failure = (node, model, str(data.get("error", "error")))
-            self.failures[failure] = self.failures.get(failure, 0) + 1
-        elif kind == "request.queued":
+        if kind == "request.finished" or kind == "request.failed":
+            self.pending.append((event, PROTOCOL.get()))
+            if len(self.pending) >= PENDING_LIMIT:
+                self.fold()
+        else:
+            self.count(event)
+
+    def count(self, event: ActivityEvent) -> None:
+        """Count an event that is not a finished or failed request (rare: no need to defer)."""
+        kind = event.kind
+        if kind == "request.queued":
             waited = (event.model or "",)
             self.queued[waited] = self.queued.get(waited, 0) + 1
         elif kind.startswith("node."):
@@ -178,6 +175,33 @@ class PrometheusObserver:
         elif kind.startswith("circuit."):
             change = (event.node or "", kind[8:])
             self.circuit_changes[change] = self.circuit_changes.get(change, 0) + 1
+
+    def fold(self) -> None:
+        """Count the pending finished and failed requests."""
+        pending = self.pending
+        if not pending:
+            return
+        records = pending.copy()
+        pending.clear()
+        requests, failures, observe = self.requests, self.failures, self._observe
+        for event, protocol in records:
+            data = event.data
+            node = event.node or ""
+            model = event.model or ""
+            if event.kind == "request.finished":
+                key = (node, model, protocol, str(data.get("operation", "")), "ok")
+                requests[key] = requests.get(key, 0) + 1
+                latency = data.get("latency")
+                if latency is not None:
+                    observe(self.latency, (node, model, protocol), latency, LATENCY_BUCKETS)
+                ttft = data.get("ttft")
+                if ttft is not None:
+                    observe(self.ttft, (node, model, protocol), ttft, TTFT_BUCKETS)
+            else:
+                key = (node, model, protocol, str(data.get("operation", "")), "error")
+                requests[key] = requests.get(key, 0) + 1
+                failure = (node, model, str(data.get("error", "error")))
+                failures[failure] = failures.get(failure, 0) + 1
 
     def render(self) -> bytes:
         """The exposition text."""
@@ -197,6 +221,7 @@ class _EventCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Every family, including empty ones (so dashboards see the names from the start)."""
         o = self.observer
+        o.fold()
         counters: tuple[tuple[str, str, list[str], dict[tuple[str, ...], int]], ...] = (
             (
                 "sollol_requests",

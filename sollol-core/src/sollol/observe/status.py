@@ -38,66 +38,77 @@ def redact(text: str | None) -> str | None:
     return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + ("***@" if m.group(2) else "***"), text)
 
 
+#: Records waiting to be folded into the per-second series before a read folds them anyway.
+PENDING_LIMIT = 4096
+
+
 class StatusFeed:
     """Observer: remembers the last routing decisions and per-second request series.
 
-    Also wakes whoever waits in `changed()` when a node, circuit or model changes, so the
-    dashboard's event stream can push the change at once.
+    Per request it only appends: the routing decision to a bounded deque (with the event that
+    ended it attached when that comes), the finished or failed event to a pending list. The
+    per-second series are folded from the pending list when read (`series()`, a dashboard
+    push) or when it reaches `PENDING_LIMIT`. Also wakes whoever waits in `changed()` when a
+    node, circuit or model changes, so the dashboard's event stream can push the change at once.
     """
 
     def __init__(self, *, decisions: int = 40, window: int = 120, clock: Callable[[], float] = time.time) -> None:
         self.window = window
         self._clock = clock
+        # [routed event, protocol, finished or failed event (None while running)]; JSON only when read
         self._decisions: deque[list[Any]] = deque(maxlen=decisions)
         # [second, requests, errors, latency sum, latency max, ttft sum, ttft count, {node: requests}]
         self._buckets: deque[list[Any]] = deque(maxlen=window)
+        #: (finished or failed event, protocol) not yet in `_buckets`
+        self.pending: list[tuple[ActivityEvent, str]] = []
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
 
     @hookimpl
     def sollol_activity_event(self, event: ActivityEvent) -> None:
-        """Take in one event (cheap: a dict, a deque append, a few additions)."""
+        """Take in one event (cheap: an append or two)."""
         kind = event.kind
         if kind == "request.routed":
-            # [event, protocol, outcome, latency, error]; made into JSON only when read
-            decision: list[Any] = [event, PROTOCOL.get(), "running", None, None]
-            self._decisions.append(decision)
-            _DECISION.set(decision)
-        elif kind == "request.finished":
-            latency = event.data.get("latency")
-            self._count(event, False, latency, event.data.get("ttft"))
-            current = _DECISION.get()
-            if current is not None and current[0].node == event.node:
-                current[2] = "ok"
-                current[3] = latency
-        elif kind == "request.failed":
-            self._count(event, True, None, None)
-            current = _DECISION.get()
-            if current is not None and current[0].node == event.node:
-                current[2] = "error"
-                current[4] = str(event.data.get("reason") or event.data.get("error") or "failed")
+            decide(self._decisions, event, PROTOCOL.get())
+        elif kind == "request.finished" or kind == "request.failed":
+            self.pending.append((event, PROTOCOL.get()))
+            conclude(event)
+            if len(self.pending) >= PENDING_LIMIT:
+                self.fold()
         elif kind.startswith(_NODE_EVENTS):
             self.notify()
 
-    def _count(self, event: ActivityEvent, error: bool, latency: float | None, ttft: float | None) -> None:
-        second = int(event.at)
+    def fold(self) -> None:
+        """Count the pending finished and failed requests into the per-second series."""
+        pending = self.pending
+        if not pending:
+            return
+        records = pending.copy()
+        pending.clear()
         buckets = self._buckets
-        if not buckets or buckets[-1][0] != second:
-            buckets.append([second, 0, 0, 0.0, 0.0, 0.0, 0, {}])
-        bucket = buckets[-1]
-        bucket[1] += 1
-        if error:
-            bucket[2] += 1
-        if latency is not None:
-            bucket[3] += latency
-            if latency > bucket[4]:
-                bucket[4] = latency
-        if ttft is not None:
-            bucket[5] += ttft
-            bucket[6] += 1
-        by_node = bucket[7]
-        node = event.node or "?"
-        by_node[node] = by_node.get(node, 0) + 1
+        bucket: list[Any] = buckets[-1] if buckets else [None]
+        for event, _protocol in records:
+            second = int(event.at)
+            if bucket[0] != second:
+                bucket = [second, 0, 0, 0.0, 0.0, 0.0, 0, {}]
+                buckets.append(bucket)
+            bucket[1] += 1
+            if event.kind == "request.failed":
+                bucket[2] += 1
+            else:
+                data = event.data
+                latency = data.get("latency")
+                if latency is not None:
+                    bucket[3] += latency
+                    if latency > bucket[4]:
+                        bucket[4] = latency
+                ttft = data.get("ttft")
+                if ttft is not None:
+                    bucket[5] += ttft
+                    bucket[6] += 1
+            by_node = bucket[7]
+            node = event.node or "?"
+            by_node[node] = by_node.get(node, 0) + 1
 
     # -- waking the event streams ----------------------------------------------------------------
 
@@ -123,8 +134,15 @@ class StatusFeed:
     def decisions(self) -> list[dict[str, Any]]:
         """The last routing decisions, newest first, each with a readable `reason`."""
         out = []
-        for event, protocol, outcome, latency, error in reversed(self._decisions):
+        for event, protocol, ended in reversed(self._decisions):
             data = event.data
+            outcome, latency, error = "running", None, None
+            if ended is not None:
+                if ended.kind == "request.failed":
+                    outcome = "error"
+                    error = str(ended.data.get("reason") or ended.data.get("error") or "failed")
+                else:
+                    outcome, latency = "ok", ended.data.get("latency")
             item = {
                 "at": event.at,
                 "node": event.node,
@@ -147,6 +165,7 @@ class StatusFeed:
 
     def series(self, now: float | None = None) -> dict[str, Any]:
         """Per-second series over the last `window` seconds (oldest first; the current second last)."""
+        self.fold()
         end = int(self._clock() if now is None else now)
         start = end - self.window + 1
         by_second = {b[0]: b for b in self._buckets if b[0] >= start}
@@ -183,6 +202,20 @@ class StatusFeed:
             "ttft_avg": ttft,
             "requests_by_node": nodes,
         }
+
+
+def decide(decisions: deque[list[Any]], event: ActivityEvent, protocol: str) -> None:
+    """Remember a routing decision, and that it is the current request's (for `conclude`)."""
+    decision = [event, protocol, None]
+    decisions.append(decision)
+    _DECISION.set(decision)
+
+
+def conclude(event: ActivityEvent) -> None:
+    """Attach a finished or failed event to the current request's decision on that node."""
+    current = _DECISION.get()
+    if current is not None and current[0].node == event.node:
+        current[2] = event
 
 
 def _reason(decision: Mapping[str, Any]) -> str:
