@@ -19,6 +19,10 @@ from sollol.latency import DEFAULT_TOKENS
 from sollol.routing import Candidates, Choice, PoolNode, Target
 
 _EPSILON = 1e-9
+#: Costs within this fraction of the best are ties, broken at random: idle nodes whose
+#: learned latencies differ by noise share the work instead of the momentarily fastest
+#: one taking every sequential request.
+_NEAR = 0.10
 
 
 def _targets(candidates: Sequence[PoolNode]) -> list[Target] | None:
@@ -178,12 +182,18 @@ class Sollol:
         spread = self.spread
         cold = self.cold
         bonus = self.affinity
+        cluster = candidates.router.cluster if isinstance(candidates, Candidates) and candidates.router else None
         best = math.inf
-        pick = targets[0]
-        ties = 1
-        for target in targets:
+        costs: list[float] = []
+        owner_at = -1
+        owner_bonus = 0.0
+        for index, target in enumerate(targets):
             pnode = target.pnode
             stats = target.stats
+            if not stats.samples and cluster:
+                # Never measured here: expect what the cluster measured, not the cautious
+                # default, so a node nobody has tried yet gets its share and is learned.
+                stats = cluster.get(target.key, stats)
             service = stats.ttft + stats.per_token * tokens
             load = pnode.in_flight + pnode.reserved
             reported = pnode.reported_load
@@ -196,7 +206,7 @@ class Sollol:
             else:
                 cost = service * (1.0 + spread * load / slots)
                 if owner is not None and pnode.id == owner:
-                    cost -= bonus * stats.ttft
+                    owner_at, owner_bonus = index, bonus * stats.ttft
             loaded = pnode.loaded_keys
             if loaded is not None and target.key not in loaded:
                 activity = pnode.activity
@@ -210,14 +220,20 @@ class Sollol:
             failures = pnode.breaker.consecutive
             if failures:  # it failed the last request(s): a likely retry, i.e. paying twice
                 cost += 2.0 * service * failures
-            if cost < best - _EPSILON:
+            costs.append(cost)
+            if cost < best:
                 best = cost
-                pick = target
-                ties = 1
-            elif cost <= best + _EPSILON:
-                ties += 1  # reservoir sampling: each tied target is kept with equal chance
-                if rng.random() * ties < 1.0:
-                    pick = target
+        limit = best * (1.0 + _NEAR) + _EPSILON
+        if owner_at >= 0 and costs[owner_at] - owner_bonus <= limit:
+            # The prompt's prefix lives on its ring node: keep it there while that node
+            # is about as good as the best (it has a free slot, or it would not be owner_at).
+            pick = targets[owner_at]
+            best = costs[owner_at] - owner_bonus
+        else:
+            near = [i for i, cost in enumerate(costs) if cost <= limit]
+            chosen = near[0] if len(near) == 1 else rng.choice(near)
+            pick = targets[chosen]
+            best = costs[chosen]
         return Choice(node=pick.pnode, score=-best, parts=self.parts(pick, tokens, owner))
 
     def _cold(self, target: Target, service: float) -> float:
