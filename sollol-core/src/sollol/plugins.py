@@ -268,6 +268,18 @@ class Plugins:
         claims.sort(key=lambda d: -d.confidence)
         return claims
 
+    def _observer_functions(self) -> tuple[tuple[Callable[..., Any], str], ...]:
+        observers = self._observers
+        if observers is None:
+            impls = self.pm.hook.sollol_activity_event.get_hookimpls()
+            observers = self._observers = tuple((impl.function, impl.plugin_name) for impl in impls)
+        return observers
+
+    @property
+    def observed(self) -> bool:
+        """True when some observer listens: events need not be built otherwise."""
+        return bool(self._observer_functions())
+
     def emit(self, event: ActivityEvent) -> None:
         """Tell every observer about `event`; an observer that raises is logged and skipped.
 
@@ -275,11 +287,7 @@ class Plugins:
         `remove_observer` changes it (this runs for every request); register observers after
         loading through those two, not on `pm` directly.
         """
-        observers = self._observers
-        if observers is None:
-            impls = self.pm.hook.sollol_activity_event.get_hookimpls()
-            observers = self._observers = tuple((impl.function, impl.plugin_name) for impl in impls)
-        for function, name in observers:
+        for function, name in self._observer_functions():
             try:
                 function(event=event)
             except Exception:

@@ -347,7 +347,7 @@ class AsyncPool:
                     stats.decay_toward(prior, factor)
 
     def _observed(self) -> bool:
-        return bool(self.plugins.pm.hook.sollol_activity_event.get_hookimpls())
+        return self.plugins.observed
 
     def _emit(
         self, kind: str, node: str | None = None, model: str | None = None, data: Mapping[str, Any] | None = None
