@@ -408,9 +408,9 @@ class OpenAICompatibleBackend:
         items = sorted(
             (d for d in data.get("data") or () if isinstance(d, Mapping)), key=lambda d: int(d.get("index", 0))
         )
-        vectors = [d.get("embedding") for d in items]
-        if len(vectors) != len(request.inputs) or not all(isinstance(v, list) for v in vectors):
+        vectors: list[list[float]] = [d["embedding"] for d in items if isinstance(d.get("embedding"), list)]
+        if len(vectors) != len(items) or len(vectors) != len(request.inputs):
             raise ProtocolError(f"/v1/embeddings returned {len(vectors)} vectors for {len(request.inputs)} inputs")
         return EmbedResult(
             model=str(data.get("model") or request.model), embeddings=vectors, usage=usage_of(data), raw=data
-        )  # type: ignore[arg-type]
+        )
