@@ -105,3 +105,27 @@ def test_an_excluded_node_is_never_picked_in_a_big_cluster() -> None:
         router = Router(nodes, policy, random.Random(5))
         tried = [p.id for p in nodes[:39]]
         assert pick(router, chat(), tried) is nodes[39]
+
+
+def test_sollol_spreads_sequential_requests_over_equal_idle_nodes() -> None:
+    # SOLLOL 0.9.66 sent 30 of 30 sequential requests to one of three identical nodes. Here one
+    # node has been measured and the others not yet: they expect the cluster's latency, and
+    # near-equal costs are ties broken at random, so all three share the work.
+    nodes = cluster(3)
+    router = Router(nodes, Sollol(affinity=0.0), random.Random(6))
+    router.cluster[MODEL] = nodes[0].stats_for(MODEL)
+    nodes[0].stats_for(MODEL).observe(ttft=0.004, per_token=0.001, tokens=8)
+    for pnode in nodes[1:]:
+        pnode.stats_for(MODEL)  # never measured
+    router.invalidate()
+    counts = Counter(pick(router, chat(f"prompt {i}")).id for i in range(60))
+    assert set(counts) == {"n0", "n1", "n2"} and min(counts.values()) >= 10, counts
+
+
+def test_sollol_still_prefers_a_clearly_faster_node_when_idle() -> None:
+    nodes = cluster(3)
+    router = Router(nodes, Sollol(affinity=0.0), random.Random(7))
+    for pnode, per_token in zip(nodes, (0.001, 0.002, 0.003)):  # 2x and 3x slower
+        pnode.stats_for(MODEL).observe(ttft=0.004, per_token=per_token, tokens=8)
+    router.invalidate()
+    assert {pick(router, chat(f"prompt {i}")).id for i in range(20)} == {"n0"}
