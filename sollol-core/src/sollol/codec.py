@@ -25,6 +25,7 @@ from sollol.inference import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    ToolCall,
 )
 
 
@@ -273,6 +274,28 @@ def model_key(name: str) -> str:
 def same_model(a: str, b: str) -> bool:
     """True when two names denote the same model, the way users write them."""
     return model_key(a) == model_key(b)
+
+
+def tool_calls_of(message: Mapping[str, Any]) -> tuple[ToolCall, ...]:
+    """A message's tool calls as `ToolCall`s, whether `arguments` is a JSON object
+    (Ollama) or a JSON string (the OpenAI API); unparsable strings are kept under `_raw`."""
+    calls = []
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                arguments = {"_raw": arguments}
+        calls.append(
+            ToolCall(
+                name=str(function.get("name", "")),
+                arguments=arguments if isinstance(arguments, Mapping) else {},
+                id=call.get("id"),
+            )
+        )
+    return tuple(calls)
 
 
 def seconds_from_ns(value: Any) -> float | None:

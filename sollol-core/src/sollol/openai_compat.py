@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sollol.activity import Activity, ModelInfo
-from sollol.codec import SseEvents, StreamPlan, http_error, inband_error, int_or_none
+from sollol.codec import SseEvents, StreamPlan, http_error, inband_error, int_or_none, tool_calls_of
 from sollol.detection import NodeState
 from sollol.errors import BackendError, ProtocolError
 from sollol.http import Exchange, HttpRequest, HttpResponse, fetch
@@ -29,7 +29,6 @@ from sollol.inference import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
-    ToolCall,
     Usage,
 )
 
@@ -130,27 +129,6 @@ def usage_of(data: Any) -> Usage:
         prompt_tokens=int_or_none(usage.get("prompt_tokens")),
         completion_tokens=int_or_none(usage.get("completion_tokens")),
     )
-
-
-def tool_calls_of(message: Mapping[str, Any]) -> tuple[ToolCall, ...]:
-    """OpenAI tool calls (arguments as JSON strings) as `ToolCall`s."""
-    calls = []
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
-        arguments = function.get("arguments")
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except ValueError:
-                arguments = {"_raw": arguments}
-        calls.append(
-            ToolCall(
-                name=str(function.get("name", "")),
-                arguments=arguments if isinstance(arguments, Mapping) else {},
-                id=call.get("id"),
-            )
-        )
-    return tuple(calls)
 
 
 def reasoning_of(part: Mapping[str, Any]) -> str | None:

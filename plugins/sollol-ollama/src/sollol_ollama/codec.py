@@ -13,6 +13,7 @@ from sollol.codec import (
     inband_error,
     int_or_none,
     seconds_from_ns,
+    tool_calls_of,
 )
 from sollol.detection import NodeState
 from sollol.errors import BackendError, OverloadedError, ProtocolError
@@ -25,7 +26,6 @@ from sollol.inference import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
-    ToolCall,
     Usage,
 )
 
@@ -40,22 +40,6 @@ def usage_of(payload: Mapping[str, Any]) -> Usage:
         total_duration=seconds_from_ns(payload.get("total_duration")),
         load_duration=seconds_from_ns(payload.get("load_duration")),
     )
-
-
-def tool_calls_of(message: Mapping[str, Any]) -> tuple[ToolCall, ...]:
-    """Tool calls from an Ollama message (arguments are JSON objects there)."""
-    calls = []
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
-        arguments = function.get("arguments")
-        calls.append(
-            ToolCall(
-                name=str(function.get("name", "")),
-                arguments=arguments if isinstance(arguments, Mapping) else {},
-                id=call.get("id"),
-            )
-        )
-    return tuple(calls)
 
 
 def body_of(
