@@ -325,6 +325,17 @@ class Recorder:
         await self.wait_for(lambda: len(self.kinds(kind)) >= count, timeout)
 
 
+async def dispatched(pool: Any, count: int = 1, timeout: float = 5.0) -> None:
+    """Wait until `count` requests are in flight on the pool's nodes (a plain first attempt
+    emits no event when it is sent: its `request.finished` carries the routing decision)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while sum(p.in_flight for p in pool._nodes) < count:
+        if loop.time() >= end:
+            raise AssertionError(f"{count} requests were not in flight in time")
+        await asyncio.sleep(0.001)  # yields to the pool's tasks; the deadline bounds it
+
+
 def release(servers: Any, emulator: ToyEmulator) -> None:
     """Open an emulator's gate from any thread (it lives on the servers' loop)."""
     gate = emulator.gate

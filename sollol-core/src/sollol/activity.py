@@ -97,6 +97,10 @@ _set_kind, _set_node, _set_model, _set_data, _set_at = (
     ActivityEvent.__dict__[name].__set__ for name in ("kind", "node", "model", "data", "at")
 )
 
+#: `request.routed` is emitted when a request is sent only for retries, queued requests and
+#: streams; a plain first attempt's decision rides on its `request.finished`/`request.failed`
+#: (`data["routed"] is True`, with policy, score, parts, attempt, tried, queued): see
+#: docs/plugin-hooks.md.
 EVENT_KINDS = frozenset(
     {
         "node.up",

@@ -602,27 +602,48 @@ class AsyncPool:
             queued=queued,
         )
 
-    def _dispatching(self, pnode: PoolNode, request: Request, route: Route) -> None:
+    def _dispatching(self, pnode: PoolNode, request: Request, route: Route, stream: bool = False) -> bool:
+        """Start an attempt. True when its routing decision is left to its ending event.
+
+        A plain first attempt (not queued, not a stream) emits no `request.routed`: its
+        `request.finished` or `request.failed` carries the decision (`routed: True`), so a
+        request costs one event. Retries, queued requests and streams (which the dashboard
+        shows while they run) announce it now.
+        """
         if pnode.breaker.state is CircuitState.HALF_OPEN:
             pnode.breaker.start_trial()
-        if self._observed():
-            self._emit(
-                "request.routed",
-                pnode.id,
-                request.model,
-                {
-                    "operation": request.operation,
-                    "policy": route.policy,
-                    "score": route.score,
-                    "parts": dict(route.parts),
-                    "attempt": len(route.tried),
-                    "tried": list(route.tried),
-                    "queued": route.queued,
-                },
-            )
+        if stream or route.queued or len(route.tried) > 1:
+            if self._observed():
+                self._emit("request.routed", pnode.id, request.model, self._decision(request, route))
+            return False
+        return True
 
-    def _failed(self, pnode: PoolNode, exc: BaseException, request: Request, target: Target, attempt: int) -> bool:
-        """Account a failed attempt. True when another node may be tried."""
+    def _decision(self, request: Request, route: Route) -> dict[str, Any]:
+        """What `request.routed` carries (tuples as the route holds them: no copies)."""
+        return {
+            "operation": request.operation,
+            "policy": route.policy,
+            "score": route.score,
+            "parts": route.parts,
+            "attempt": len(route.tried),
+            "tried": route.tried,
+            "queued": route.queued,
+        }
+
+    def _failed(
+        self,
+        pnode: PoolNode,
+        exc: BaseException,
+        request: Request,
+        target: Target,
+        attempt: int,
+        folded: Route | None = None,
+    ) -> bool:
+        """Account a failed attempt. True when another node may be tried.
+
+        `folded`: the attempt's route when no `request.routed` was emitted for it (the
+        failure then carries the decision).
+        """
         pnode.failed += 1
         pnode.last_error = str(exc)
         retry = not (isinstance(exc, BackendError) and not exc.retryable)
@@ -649,18 +670,16 @@ class AsyncPool:
         if opened:
             self._emit("circuit.opened", pnode.id, data={"reason": str(exc), "failures": breaker.consecutive})
         if self._observed():
-            self._emit(
-                "request.failed",
-                pnode.id,
-                request.model,
-                {
-                    "reason": str(exc),
-                    "operation": request.operation,
-                    "attempt": attempt,
-                    "retry": retry,
-                    "error": type(exc).__name__,
-                },
+            data: dict[str, Any] = (
+                self._decision(request, folded) if folded is not None else {"operation": request.operation}
             )
+            data["reason"] = str(exc)
+            data["attempt"] = attempt
+            data["retry"] = retry
+            data["error"] = type(exc).__name__
+            if folded is not None:
+                data["routed"] = True
+            self._emit("request.failed", pnode.id, request.model, data)
         return retry
 
     def _succeeded(
@@ -674,8 +693,12 @@ class AsyncPool:
         first: float | None,
         chunks: int,
         waited: bool = False,
+        folded: bool = False,
     ) -> None:
         """Account a served request: breaker, warmth, latency.
+
+        `folded`: no `request.routed` was emitted for this attempt, so `request.finished`
+        carries the routing decision too (`routed: True`): one event for the request.
 
         `waited`: the node was at its parallel slots when the request was sent, so the time
         to the first byte includes waiting in the node's own queue: not a service time.
@@ -713,11 +736,24 @@ class AsyncPool:
                 shared = cluster[target.key] = ModelStats(stats.ttft, stats.per_token, stats.tokens)
             shared.observe(ttft=ttft, per_token=per_token, tokens=tokens)
         if self._observed():
-            self._emit(
-                "request.finished",
-                pnode.id,
-                request.model,
-                {
+            if folded:
+                data = {
+                    "operation": request.operation,
+                    "latency": elapsed,
+                    "ttft": first,
+                    "chunks": chunks,
+                    "attempts": 1,
+                    "queued": route.queued,
+                    "cold_load": load,
+                    "routed": True,
+                    "policy": route.policy,
+                    "score": route.score,
+                    "parts": route.parts,
+                    "attempt": 1,
+                    "tried": route.tried,
+                }
+            else:
+                data = {
                     "operation": request.operation,
                     "latency": elapsed,
                     "ttft": first,
@@ -725,8 +761,8 @@ class AsyncPool:
                     "attempts": len(route.tried),
                     "queued": route.queued,
                     "cold_load": load,
-                },
-            )
+                }
+            self.plugins.emit(ActivityEvent(kind="request.finished", node=pnode.id, model=request.model, data=data))
 
     def _begin(self, request: Request) -> tuple[frozenset[str], list[Target]]:
         assert self._router is not None
@@ -757,7 +793,7 @@ class AsyncPool:
             assert backend is not None
             tried.append(pnode.id)
             route = self._route(choice, tried, failures, queued)
-            self._dispatching(pnode, request, route)
+            folded = self._dispatching(pnode, request, route)
             local = request if target.name == request.model else attrs.evolve(request, model=target.name)
             waited = pnode.load - reserved >= pnode.slots
             started = time.perf_counter()
@@ -767,14 +803,14 @@ class AsyncPool:
             except (BackendError, ProtocolError) as exc:
                 if isinstance(exc, BackendError):
                     exc.at(pnode.id)
-                if not self._failed(pnode, exc, request, target, len(tried)):
+                if not self._failed(pnode, exc, request, target, len(tried), route if folded else None):
                     raise
                 failures.append((pnode.id, exc))
                 if len(tried) >= self.max_attempts or time.monotonic() >= deadline:
                     raise AllNodesFailedError(request.model, failures) from exc
                 continue
             elapsed = time.perf_counter() - started
-            self._succeeded(pnode, target, request, route, elapsed, result.usage, None, 0, waited)
+            self._succeeded(pnode, target, request, route, elapsed, result.usage, None, 0, waited, folded)
             return attrs.evolve(result, node=pnode.node, route=route)  # type: ignore[no-any-return]
 
     async def _stream(
@@ -803,7 +839,7 @@ class AsyncPool:
                 backend.chat_stream(local) if isinstance(local, ChatRequest) else backend.generate_stream(local)
             )
             route = self._route(choice, tried, failures, queued)
-            self._dispatching(pnode, request, route)
+            self._dispatching(pnode, request, route, stream=True)
             sent = 0
             first: float | None = None
             usage: Usage | None = None

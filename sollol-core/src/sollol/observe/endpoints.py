@@ -55,10 +55,15 @@ class Fanout:
         """Hand `event` to each observer's cheapest path."""
         kind = event.kind
         if kind == "request.finished" or kind == "request.failed":
-            record = (event, PROTOCOL.get())
+            protocol = PROTOCOL.get()
+            record = (event, protocol)
             pending = self._feed_pending
             pending.append(record)
-            conclude(event)
+            routed = event.data.get("routed")
+            if routed:  # the request's routing decision travels with its end: one event
+                self._decisions.append([event, protocol, event])
+            else:
+                conclude(event)
             if len(pending) >= PENDING_LIMIT:
                 self.feed.fold()
             counted = self._metrics_pending
@@ -66,7 +71,12 @@ class Fanout:
                 counted.append(record)
                 if len(counted) >= PENDING_LIMIT:
                     self.metrics.fold()
-        elif kind == "request.routed":
+            log = self.event_log
+            level = EVENT_LEVELS[kind]
+            if log.level <= (logging.INFO if routed and level < logging.INFO else level):
+                log.sollol_activity_event(event)
+            return
+        if kind == "request.routed":
             decide(self._decisions, event, PROTOCOL.get())
         else:
             self.feed.sollol_activity_event(event)

@@ -102,12 +102,16 @@ class EventLog:
     def sollol_activity_event(self, event: ActivityEvent) -> None:
         """Log one event when its level is at or above the flag."""
         level = EVENT_LEVELS.get(event.kind, logging.INFO)
+        if level < logging.INFO and event.data.get("routed"):
+            level = logging.INFO  # a request.finished that carries its routing decision
         if level < self.level or not self.logger.isEnabledFor(level):
             return
         fields: dict[str, Any] = {"event": event.kind, "node": event.node, "model": event.model}
         if event.kind.startswith("request."):
             fields["protocol"] = PROTOCOL.get()
         for key, value in event.data.items():
+            if key == "parts" and isinstance(value, tuple):
+                value = dict(value)  # (name, value) pairs as the route holds them
             fields[key] = redact(value) if isinstance(value, str) else value
         message = json.dumps(fields, default=str) if self.json_lines else logfmt(fields)
         self.logger.log(level, "%s", message, extra={"sollol_event": {**event.to_json(), **fields}})

@@ -71,8 +71,12 @@ class StatusFeed:
         if kind == "request.routed":
             decide(self._decisions, event, PROTOCOL.get())
         elif kind == "request.finished" or kind == "request.failed":
-            self.pending.append((event, PROTOCOL.get()))
-            conclude(event)
+            protocol = PROTOCOL.get()
+            self.pending.append((event, protocol))
+            if event.data.get("routed"):
+                decided(self._decisions, event, protocol)
+            else:
+                conclude(event)
             if len(self.pending) >= PENDING_LIMIT:
                 self.fold()
         elif kind.startswith(_NODE_EVENTS):
@@ -209,6 +213,11 @@ def decide(decisions: deque[list[Any]], event: ActivityEvent, protocol: str) -> 
     decision = [event, protocol, None]
     decisions.append(decision)
     _DECISION.set(decision)
+
+
+def decided(decisions: deque[list[Any]], event: ActivityEvent, protocol: str) -> None:
+    """Remember a routing decision carried by its own ending event (`routed: True`)."""
+    decisions.append([event, protocol, event])
 
 
 def conclude(event: ActivityEvent) -> None:
