@@ -195,3 +195,63 @@ def test_lean_transport_send_and_stream() -> None:
     assert first.startswith(b"POST /api/show?a=b+c HTTP/1.1\r\n")
     assert b"authorization: Bearer node-secret" in first
     assert first.endswith(b'{"model":"x"}')
+
+
+def test_one_deadline_per_exchange_bounds_each_gap_not_the_consumer() -> None:
+    """The read timeout bounds each wait for the node; time the consumer spends between pieces
+    does not count, and a node that stalls mid-stream times out (its connection is closed)."""
+    from sollol.errors import NodeTimeoutError
+    from sollol.gateway.http1 import LeanTransport, RawJson
+    from sollol.http import HttpRequest
+    from sollol.node import Node
+    from sollol.transport import Timeouts
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                request = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            if b"/stall" in request:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+                await writer.drain()
+                await asyncio.sleep(5)
+                return
+            if b"/gaps" in request:  # every gap shorter than the timeout, the whole longer
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for piece in (b"a", b"b", b"c", b"d"):
+                    await asyncio.sleep(0.1)
+                    writer.write(b"1\r\n" + piece + b"\r\n")
+                    await writer.drain()
+                writer.write(b"0\r\n\r\n")
+            else:
+                writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"done": 1}\n')
+            await writer.drain()
+
+    async def main() -> tuple[object, ...]:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        node = Node(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+        transport = LeanTransport(timeouts=Timeouts(read=0.25))
+        try:
+            async with transport.stream(node, HttpRequest.post("/gaps", json={}, stream=True)) as response:
+                gaps = []
+                async for piece in response.pieces():
+                    gaps.append(piece)
+                    await asyncio.sleep(0.35)  # a slow consumer: longer than the timeout
+            with pytest.raises(NodeTimeoutError):
+                async with transport.stream(node, HttpRequest.post("/stall", json={}, stream=True)) as response:
+                    _ = [p async for p in response.pieces()]
+            answer = await transport.send(node, HttpRequest.get("/json"))
+            parsed = answer.json()
+            await asyncio.sleep(0.4)  # no timer left behind fires on the kept connection
+            again = await transport.send(node, HttpRequest.get("/json"))
+            return gaps, parsed, type(parsed) is RawJson and parsed.body, again.status
+        finally:
+            await transport.aclose()
+            server.close()
+
+    gaps, parsed, body, again = asyncio.run(main())
+    assert gaps == [b"a", b"b", b"c", b"d"]
+    assert parsed == {"done": 1}
+    assert body == b'{"done": 1}\n'
+    assert again == 200

@@ -25,7 +25,9 @@ from sollol.detection import NodeState
 from sollol.errors import SollolError
 from sollol.gateway import translate as tr
 from sollol.gateway.failures import api_error, openai_body
+from sollol.gateway.http1 import RawJson
 from sollol.gateway.wire import (
+    JSON_TYPE,
     NDJSON_TYPE,
     SSE_TYPE,
     TEXT_TYPE,
@@ -387,7 +389,11 @@ class Gateway:
             return
         if body.get("stream") is False:
             result = await self.pool.chat(model, messages, options=options, **params)
-            await send_json(send, tr.ollama_chat(model, result))
+            raw = result.raw
+            if type(raw) is RawJson and tr.is_ollama_payload(raw, "message"):
+                await send_body(send, 200, raw.body, JSON_TYPE)  # the Ollama node's own bytes
+            else:
+                await send_json(send, tr.ollama_chat(model, result))
             return
         lines = getattr(self.pool, "stream_lines", None)
         if lines is not None:  # an Ollama node's lines go out as they came, unparsed
@@ -410,7 +416,11 @@ class Gateway:
             return
         if body.get("stream") is False:
             result = await self.pool.generate(model, prompt, options=options, **params)
-            await send_json(send, tr.ollama_generate(model, result))
+            raw = result.raw
+            if type(raw) is RawJson and tr.is_ollama_payload(raw, "response"):
+                await send_body(send, 200, raw.body, JSON_TYPE)  # the Ollama node's own bytes
+            else:
+                await send_json(send, tr.ollama_generate(model, result))
             return
         lines = getattr(self.pool, "stream_lines", None)
         if lines is not None:

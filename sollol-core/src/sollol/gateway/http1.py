@@ -71,19 +71,66 @@ class _Stale(Exception):
     """A reused connection turned out closed before any answer byte arrived."""
 
 
+class _Deadline:
+    """One timer per exchange instead of an `asyncio.timeout` around every read.
+
+    The timer is armed once; reads only note when they start and end (two attribute stores).
+    When it fires, it re-arms itself for the remaining time if a read made progress since
+    (or none is waiting: the consumer is busy elsewhere), else it aborts the connection, which
+    ends the pending read, and marks the exchange `expired`. `delay` bounds the wait for the
+    head and, after it, each gap between pieces of the body (as `Timeouts.read` says).
+    """
+
+    __slots__ = ("_delay", "_handle", "_loop", "_transport", "expired", "last", "waiting")
+
+    def __init__(self, delay: float, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._delay = delay
+        self._transport = transport
+        self.expired = False
+        self.waiting = True
+        self.last = now = loop.time()
+        # A read in progress since `last` (True), or the consumer has the answer (False).
+        self._handle: asyncio.TimerHandle | None = loop.call_at(now + delay, self._fire)
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        due = self.last + self._delay
+        if not self.waiting:
+            due = now + self._delay
+        if now < due:
+            self._handle = self._loop.call_at(due, self._fire)
+            return
+        self._handle = None
+        self.expired = True
+        self._transport.abort()  # type: ignore[attr-defined]
+
+    def wait(self) -> None:
+        """A read starts waiting for the node now."""
+        self.last = self._loop.time()
+        self.waiting = True
+
+    def cancel(self) -> None:
+        """Disarm the timer (the exchange is over)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class Answer:
     """An answer whose head has arrived; read its body with `pieces()` or `read()`, then `close()`."""
 
     __slots__ = (
         "_chunked",
         "_complete",
+        "_deadline",
         "_done",
         "_keep",
         "_length",
         "_origin",
         "_pool",
         "_streams",
-        "_timeout",
         "headers",
         "reason",
         "status",
@@ -97,7 +144,7 @@ class Answer:
         status: int,
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
-        read_timeout: float | None,
+        deadline: _Deadline | None,
         *,
         length: int | None,
         chunked: bool,
@@ -109,7 +156,7 @@ class Answer:
         self.status = status
         self.reason = reason
         self.headers = headers
-        self._timeout = read_timeout
+        self._deadline = deadline
         self._length = length
         self._chunked = chunked
         self._keep = keep and (chunked or length is not None)
@@ -119,6 +166,7 @@ class Answer:
     async def pieces(self) -> AsyncIterator[bytes]:
         """The body as it arrives."""
         reader = self._streams[0]
+        deadline = self._deadline
         try:
             if self._chunked:
                 while True:
@@ -128,62 +176,77 @@ class Answer:
                         end >= 0
                         and len(buffered) >= end + 2 + int(bytes(buffered[:end]).split(b";", 1)[0] or b"0", 16) + 2
                     ):
-                        # The whole chunk is here already: no deadline to arm (the common case).
+                        # The whole chunk is here already: nothing to wait for (the common case).
                         size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                        if size:
-                            data = await reader.readexactly(size + 2)
-                            yield data[:-2]
-                            continue
                     else:
-                        async with _deadline(self._timeout):
-                            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                            if size:
-                                data = await reader.readexactly(size + 2)
-                        if size:
-                            yield data[:-2]
-                            continue
-                    async with _deadline(self._timeout):
-                        while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                            pass  # trailers
+                        if deadline is not None:
+                            deadline.wait()
+                        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+                    if size:
+                        data = await reader.readexactly(size + 2)
+                        if deadline is not None:
+                            deadline.waiting = False
+                        yield data[:-2]
+                        continue
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass  # trailers
                     break
             elif self._length is not None:
                 remaining = self._length
                 while remaining:
-                    async with _deadline(self._timeout):
-                        data = await reader.read(min(remaining, 1 << 20))
+                    if deadline is not None:
+                        deadline.wait()
+                    data = await reader.read(min(remaining, 1 << 20))
                     if not data:
                         raise asyncio.IncompleteReadError(b"", remaining)
+                    if deadline is not None:
+                        deadline.waiting = False
                     remaining -= len(data)
                     yield data
             else:
                 while True:
-                    async with _deadline(self._timeout):
-                        data = await reader.read(1 << 16)
+                    if deadline is not None:
+                        deadline.wait()
+                    data = await reader.read(1 << 16)
                     if not data:
                         break
+                    if deadline is not None:
+                        deadline.waiting = False
                     yield data
+                if deadline is not None and deadline.expired:
+                    raise asyncio.IncompleteReadError(b"", None)
             self._complete = True
-        except TimeoutError:
-            raise Http1Error("the node stopped sending in the middle of its answer", timeout=True) from None
+            if deadline is not None:
+                deadline.cancel()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            self._raise_expired()
             raise Http1Error(f"the answer's body was cut off or malformed ({type(exc).__name__})") from None
         except OSError as exc:
+            self._raise_expired()
             raise Http1Error(f"the connection failed while reading the answer: {exc or type(exc).__name__}") from exc
+
+    def _raise_expired(self) -> None:
+        if self._deadline is not None and self._deadline.expired:
+            raise Http1Error("the node stopped sending in the middle of its answer", timeout=True) from None
 
     async def read(self) -> bytes:
         """The whole body."""
         if self._length is not None and not self._chunked:
             reader = self._streams[0]
+            deadline = self._deadline
             try:
-                async with _deadline(self._timeout):
-                    body = await reader.readexactly(self._length) if self._length else b""
-            except TimeoutError:
-                raise Http1Error("the node stopped sending in the middle of its answer", timeout=True) from None
+                if deadline is not None:
+                    deadline.wait()
+                body = await reader.readexactly(self._length) if self._length else b""
             except asyncio.IncompleteReadError:
+                self._raise_expired()
                 raise Http1Error("the answer's body was cut off") from None
             except OSError as exc:
+                self._raise_expired()
                 raise Http1Error(f"the connection failed while reading the answer: {exc}") from exc
             self._complete = True
+            if deadline is not None:
+                deadline.cancel()
             return body
         return b"".join([piece async for piece in self.pieces()])
 
@@ -192,6 +255,8 @@ class Answer:
         if self._done:
             return
         self._done = True
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._complete and self._keep:
             self._pool.give_back(self._origin, self._streams)
         else:
@@ -273,33 +338,41 @@ class Http1Pool:
         self, origin: Origin, streams: Streams, payload: bytes, read_timeout: float | None, head_only: bool
     ) -> Answer:
         reader, writer = streams
+        deadline = None if read_timeout is None else _Deadline(read_timeout, writer.transport)
         try:
             writer.write(payload)
-            async with _deadline(read_timeout):
-                head = await reader.readuntil(b"\r\n\r\n")
-                while head.startswith(b"HTTP/1.1 1") and not head.startswith(b"HTTP/1.1 101"):
-                    head = await reader.readuntil(b"\r\n\r\n")  # 100 Continue and friends
-        except TimeoutError:
-            writer.close()
-            raise Http1Error("the node did not answer in time", timeout=True) from None
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
+            head = await reader.readuntil(b"\r\n\r\n")
+            while head.startswith(b"HTTP/1.1 1") and not head.startswith(b"HTTP/1.1 101"):
+                head = await reader.readuntil(b"\r\n\r\n")  # 100 Continue and friends
+        except BaseException as exc:
+            if deadline is not None:
+                deadline.cancel()
+                if deadline.expired:
+                    writer.close()
+                    raise Http1Error("the node did not answer in time", timeout=True) from None
+            if isinstance(exc, asyncio.IncompleteReadError):
+                if not exc.partial:
+                    raise _Stale from None
+                writer.close()
+                raise Http1Error("the connection closed in the middle of the answer's headers") from None
+            if isinstance(exc, asyncio.LimitOverrunError):
+                writer.close()
+                raise Http1Error("the answer's headers are too large") from None
+            if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
                 raise _Stale from None
-            writer.close()
-            raise Http1Error("the connection closed in the middle of the answer's headers") from None
-        except asyncio.LimitOverrunError:
-            writer.close()
-            raise Http1Error("the answer's headers are too large") from None
-        except (ConnectionResetError, BrokenPipeError):
-            raise _Stale from None
-        except OSError as exc:
-            writer.close()
-            raise Http1Error(f"the connection failed: {exc or type(exc).__name__}") from exc
+            if isinstance(exc, OSError):
+                writer.close()
+                raise Http1Error(f"the connection failed: {exc or type(exc).__name__}") from exc
+            raise
+        if deadline is not None:
+            deadline.waiting = False
         lines = head[:-4].split(b"\r\n")
         status_line = lines[0].split(b" ", 2)
         try:
             status = int(status_line[1])
         except (IndexError, ValueError):
+            if deadline is not None:
+                deadline.cancel()
             writer.close()
             raise Http1Error(f"malformed status line {lines[0][:80]!r}") from None
         headers: list[tuple[bytes, bytes]] = []
@@ -322,7 +395,7 @@ class Http1Pool:
             length, chunked = 0, False
         reason = status_line[2] if len(status_line) > 2 else b""
         return Answer(
-            self, origin, streams, status, reason, headers, read_timeout, length=length, chunked=chunked, keep=keep
+            self, origin, streams, status, reason, headers, deadline, length=length, chunked=chunked, keep=keep
         )
 
 
@@ -344,6 +417,32 @@ def _payload(node: Node, request: HttpRequest) -> bytes:
     if body or request.method in ("POST", "PUT", "PATCH"):
         head += f"content-length: {len(body)}\r\n"
     return (head + "\r\n").encode("latin-1") + body
+
+
+class RawJson(dict[str, Any]):
+    """A JSON object parsed from a node's answer, with the exact bytes it came from (`body`).
+
+    The gateway sends `body` instead of encoding the object again when it would send the
+    object unchanged (an Ollama node's non-streamed answer to an Ollama client).
+    """
+
+    __slots__ = ("body",)
+
+    body: bytes
+
+
+class _LeanResponse(HttpResponse):
+    """An `HttpResponse` whose `json()` keeps the body beside a parsed object (`RawJson`)."""
+
+    __slots__ = ()
+
+    def json(self) -> Any:
+        data = super().json()
+        if type(data) is dict:
+            raw = RawJson(data)
+            raw.body = self.body
+            return raw
+        return data
 
 
 def _str_headers(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
@@ -390,7 +489,7 @@ class LeanTransport(Transport):
                 answer.close()
         except Http1Error as exc:
             raise self._fail(node, request, exc) from exc
-        return HttpResponse(
+        return _LeanResponse(
             status=answer.status, headers=_str_headers(answer.headers), body=body, elapsed=time.perf_counter() - started
         )
 
