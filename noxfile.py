@@ -29,7 +29,6 @@ TEST_DEPS = ["pytest>=8", "pytest-timeout", "pytest-asyncio>=0.24"]
 INTEGRATION_DEPS = [
     *TEST_DEPS,
     "uvicorn>=0.30",
-    "starlette>=0.37",
     "ollama>=0.4",
     "openai>=1.40",
     "hatchling>=1.21",
@@ -85,7 +84,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on every src/."""
-    session.install("mypy>=1.11", "pytest>=8", "uvicorn>=0.30", "starlette>=0.37", *_editable(*DISTS))
+    session.install("mypy>=1.11", "pytest>=8", "uvicorn>=0.30", *_editable(*DISTS))
     for dist in DISTS:
         session.run("mypy", "--strict", str(ROOT / dist / "src"))
 
@@ -120,7 +119,7 @@ def wheels(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench_discovery(session: nox.Session) -> None:
     """Scan 127.0.0.0/24 on the five default ports with ten emulated nodes (target < 2 s, exact)."""
-    session.install("uvicorn>=0.30", "starlette>=0.37", *_editable(*DISTS))
+    session.install("uvicorn>=0.30", *_editable(*DISTS))
     session.run("python", str(ROOT / "benchmarks" / "discovery.py"), *session.posargs)
 
 

@@ -283,17 +283,6 @@ class Policy(Protocol):
         """Pick one of `candidates` (never empty)."""
 
 
-def pick_lowest(
-    candidates: Sequence[PoolNode],
-    rng: random.Random,
-    cost: Mapping[str, float],
-) -> PoolNode:
-    """The candidate with the lowest cost, ties broken at random (never by list order)."""
-    best = min(cost[c.id] for c in candidates)
-    tied = [c for c in candidates if cost[c.id] <= best + 1e-12]
-    return tied[0] if len(tied) == 1 else rng.choice(tied)
-
-
 class HashRing:
     """Consistent hashing of keys onto node ids (64 points per node)."""
 
@@ -616,30 +605,3 @@ class Router:
             if target.pnode is node:
                 return choice, target
         raise LookupError(f"policy {self.policy.name!r} picked {node.id}, which was not a candidate")
-
-
-def usable(pnode: PoolNode) -> bool:
-    """True when a node may be sent requests now (down and auth-failed nodes may not)."""
-    return pnode.state in _USABLE
-
-
-def candidates_for(
-    nodes: Sequence[PoolNode],
-    request: Request,
-    *,
-    exclude: set[str],
-) -> list[PoolNode]:
-    """The nodes that can serve `request`: usable, with the model and the operation."""
-    known: list[PoolNode] = []
-    unknown: list[PoolNode] = []
-    for pnode in nodes:
-        if pnode.id in exclude or not usable(pnode) or pnode.backend is None:
-            continue
-        if request.operation not in pnode.backend.operations:
-            continue
-        has = pnode.has_model(request.model)
-        if has:
-            known.append(pnode)
-        elif has is None:
-            unknown.append(pnode)
-    return known or unknown
