@@ -276,6 +276,20 @@ def same_model(a: str, b: str) -> bool:
     return model_key(a) == model_key(b)
 
 
+def json_object(response: HttpResponse, error: Callable[[HttpResponse], BackendError]) -> Mapping[str, Any]:
+    """The JSON object of a 2xx answer. A non-2xx answer raises `error(response)`, a body
+    that is not an object raises `ProtocolError`, an error inside a 200 raises it."""
+    if not response.ok:
+        raise error(response)
+    data = response.json()
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"expected a JSON object, got {type(data).__name__}")
+    found = inband_error(data)
+    if found is not None:
+        raise found
+    return data
+
+
 def tool_calls_of(message: Mapping[str, Any]) -> tuple[ToolCall, ...]:
     """A message's tool calls as `ToolCall`s, whether `arguments` is a JSON object
     (Ollama) or a JSON string (the OpenAI API); unparsable strings are kept under `_raw`."""

@@ -17,7 +17,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sollol.activity import Activity, ModelInfo
-from sollol.codec import SseEvents, StreamPlan, http_error, inband_error, int_or_none, tool_calls_of
+from sollol.codec import (
+    SseEvents,
+    StreamPlan,
+    http_error,
+    inband_error,
+    int_or_none,
+    json_object,
+    tool_calls_of,
+)
 from sollol.detection import NodeState
 from sollol.errors import BackendError, ProtocolError
 from sollol.http import Exchange, HttpRequest, HttpResponse, fetch
@@ -277,15 +285,7 @@ class OpenAICompatibleBackend:
 
     def check(self, response: HttpResponse) -> Mapping[str, Any]:
         """The JSON object of a 2xx answer; otherwise raise the error it carries."""
-        if not response.ok:
-            raise self.error(response)
-        data = response.json()
-        if not isinstance(data, Mapping):
-            raise ProtocolError(f"expected a JSON object, got {type(data).__name__}")
-        error = inband_error(data)
-        if error is not None:
-            raise error
-        return data
+        return json_object(response, self.error)
 
     def model_info(self, entry: Mapping[str, Any]) -> ModelInfo:
         """One `/v1/models` entry as `ModelInfo`."""

@@ -12,6 +12,7 @@ from sollol.codec import (
     http_error,
     inband_error,
     int_or_none,
+    json_object,
     seconds_from_ns,
     tool_calls_of,
 )
@@ -128,15 +129,7 @@ class OllamaBackend:
         return error
 
     def _check(self, response: HttpResponse) -> Mapping[str, Any]:
-        if not response.ok:
-            raise self.error(response)
-        data = response.json()
-        if not isinstance(data, Mapping):
-            raise ProtocolError(f"expected a JSON object, got {type(data).__name__}")
-        error = inband_error(data)
-        if error is not None:
-            raise error
-        return data
+        return json_object(response, self.error)
 
     # -- inventory and activity ----------------------------------------------------------------
 
