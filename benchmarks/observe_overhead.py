@@ -1,6 +1,7 @@
 """What observability costs the gateway: the same gateway with and without its observers.
 
-Two gateway processes over one emulated Ollama node that answers at once: one built with
+Two gateway processes (on the server `sollol serve` runs) over one emulated Ollama node that
+answers at once: one built with
 `Gateway(pool, observe=False)` (no observers, no /metrics or dashboard), one with everything
 on (`observe=True`: Prometheus metrics, the dashboard's feed, the event log) AND, while it is
 measured, a live dashboard client on `/api/sollol/events` plus a Prometheus scraper pulling
@@ -32,24 +33,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gateway import HOST, MODEL, cpu_seconds, free_port, load, start_node, stop, wait_http
 
 GATEWAY = """
-import asyncio, sys, uvicorn
+import asyncio, sys
+from sollol.cli_serve import bind
 from sollol.gateway import Gateway
+from sollol.gateway.fastserver import serve_gateway
 from sollol.gateway.http1 import LeanTransport
-from sollol.gateway.server import http_protocol
 from sollol.pool import AsyncPool
 import sollol.transport
 sollol.transport.TRANSPORT_CLASS = LeanTransport  # as `sollol serve` runs it
 observe = sys.argv[1] == "on"
 app = Gateway(AsyncPool([{{"url": "http://{host}:{node}", "backend": "ollama"}}]), observe=observe)
-config = uvicorn.Config(app, host="{host}", port={port}, lifespan="on", http=http_protocol(), log_level="warning",
-                        access_log=False, server_header=False, date_header=False, backlog=2048)
 try:
     import uvloop
     runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
 except ImportError:
     runner = asyncio.Runner()
-with runner:
-    runner.run(uvicorn.Server(config).serve())
+with runner:  # the server `sollol serve` runs by default
+    runner.run(serve_gateway(app, bind("{host}", {port}), stop=asyncio.Event()))
 """
 
 WATCHER = """

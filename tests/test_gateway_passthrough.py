@@ -59,6 +59,7 @@ async def test_an_inband_error_after_lines_is_never_passed_on_as_success(
             async for piece in await pool.stream_lines(ChatRequest(model="llama3.2", messages=USER)):
                 got.append(piece)  # type: ignore[arg-type]
         assert b"out of memory" not in b"".join(got)
+        assert b"".join(got).count(b"\n") == 2  # the lines before the error were passed on
 
 
 async def test_a_stream_without_its_done_line_is_an_error(

@@ -180,7 +180,53 @@ def test_a_stream_is_read_piece_by_piece_while_the_node_still_answers(served: Se
         size = int(reader.readline(), 16)
         first = json.loads(reader.read(size))
         assert first["done"] is False  # the first token arrived before the answer was whole
+        reader.readline()
+        size = int(reader.readline(), 16)
+        second = json.loads(reader.read(size))
+        assert second["done"] is False  # so did the second: a piece is not held back for the next
         assert served.in_flight() == 1
+
+
+def test_pieces_written_in_one_turn_of_the_loop_leave_in_one_send_and_in_order() -> None:
+    from sollol.gateway.fastserver import _COALESCE_LIMIT, HttpProtocol
+
+    class Transport:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.sent.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def main() -> list[list[bytes]]:
+        server = FastServer(lambda scope, receive, send: None, max_body=1024)  # type: ignore[arg-type,return-value]
+        proto = HttpProtocol(server)
+        transport = Transport()
+        proto.transport = transport  # type: ignore[assignment]
+        seen = []
+        proto.write_soon(b"a")
+        proto.write_soon(b"b")
+        seen.append(list(transport.sent))  # nothing yet: the turn is not over
+        await asyncio.sleep(0)
+        seen.append(list(transport.sent))  # one send for both
+        proto.write_soon(b"c")
+        proto.write(b"d")  # a direct write sends what is held first
+        seen.append(list(transport.sent))
+        proto.write_soon(b"x" * _COALESCE_LIMIT)  # too much to hold: sent at once
+        seen.append([len(b) for b in transport.sent[3:]])  # type: ignore[misc]
+        await asyncio.sleep(0)
+        seen.append(list(transport.sent[3:]))  # and nothing is sent twice
+        return seen
+
+    assert asyncio.run(main()) == [
+        [],
+        [b"ab"],
+        [b"ab", b"c", b"d"],
+        [_COALESCE_LIMIT],
+        [b"x" * _COALESCE_LIMIT],
+    ]
 
 
 def test_a_client_that_leaves_mid_stream_releases_the_node(served: Served) -> None:

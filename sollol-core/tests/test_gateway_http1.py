@@ -67,6 +67,7 @@ def test_chunked_stream_arrives_piece_by_piece() -> None:
         for piece in (b'{"n":1}\n', b'{"n":2}\n'):
             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             await writer.drain()
+            await asyncio.sleep(0.05)  # apart in time: each comes as it arrives (together, they would come joined)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
@@ -190,11 +191,39 @@ def test_lean_transport_send_and_stream() -> None:
             server.close()
 
     status, body, pieces = asyncio.run(main())
-    assert (status, body, pieces) == (404, {"error": "no!"}, [b"abc", b"de"])
+    # Both chunks arrived in one write: they come as one piece (one write on to the client).
+    assert (status, body, pieces) == (404, {"error": "no!"}, [b"abcde"])
     first = seen[0]
     assert first.startswith(b"POST /api/show?a=b+c HTTP/1.1\r\n")
     assert b"authorization: Bearer node-secret" in first
     assert first.endswith(b'{"model":"x"}')
+
+
+def test_buffered_chunks_are_joined_and_partial_ones_wait() -> None:
+    """Whole chunks already buffered come out joined, without a wait; a chunk not whole yet, the
+    last chunk and a chunk without its CRLF are left to the careful path (or refused)."""
+    from sollol.gateway.http1 import _buffered_chunks
+
+    async def main() -> list[object]:
+        out: list[object] = []
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"3\r\nabc\r\n2;ext=1\r\nde\r\n4\r\nfg")
+        out.append(await _buffered_chunks(reader))  # abc and de whole, fg not yet
+        out.append(bytes(reader._buffer))  # type: ignore[attr-defined]
+        out.append(await _buffered_chunks(reader))
+        reader.feed_data(b"hi\r\n0\r\n\r\n")
+        out.append(await _buffered_chunks(reader))
+        out.append(await _buffered_chunks(reader))  # the last chunk stays for the careful path
+        out.append(bytes(reader._buffer))  # type: ignore[attr-defined]
+        bad = asyncio.StreamReader()
+        bad.feed_data(b"3\r\nabcXY1\r\nz\r\n")
+        try:
+            await _buffered_chunks(bad)
+        except ValueError as exc:
+            out.append(str(exc))
+        return out
+
+    assert asyncio.run(main()) == [b"abcde", b"4\r\nfg", b"", b"fghi", b"", b"0\r\n\r\n", "chunk without its CRLF"]
 
 
 def test_one_deadline_per_exchange_bounds_each_gap_not_the_consumer() -> None:
@@ -251,7 +280,7 @@ def test_one_deadline_per_exchange_bounds_each_gap_not_the_consumer() -> None:
             server.close()
 
     gaps, parsed, body, again = asyncio.run(main())
-    assert gaps == [b"a", b"b", b"c", b"d"]
+    assert b"".join(gaps) == b"abcd"
     assert parsed == {"done": 1}
     assert body == b'{"done": 1}\n'
     assert again == 200

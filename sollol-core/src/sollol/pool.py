@@ -870,13 +870,25 @@ class AsyncPool:
                                     sent += lines
                                     yield whole
                                     continue
+                                good: list[bytes] = []  # the lines before any error, sent on as one piece
+                                failure: BackendError | ProtocolError | None = None
                                 for line in whole.splitlines(keepends=True):
-                                    for chunk in decoder.feed(line):  # an in-band error raises here
-                                        sent += 1
+                                    try:
+                                        decoded = decoder.feed(line)  # an in-band error raises here
+                                    except (BackendError, ProtocolError) as exc:
+                                        failure = exc
+                                        break
+                                    for chunk in decoded:
                                         if chunk.usage is not None:
                                             usage = chunk.usage
                                         done = done or chunk.done
-                                        yield line
+                                    if decoded:
+                                        good.append(line)
+                                if good:
+                                    sent += len(good)
+                                    yield b"".join(good)
+                                if failure is not None:
+                                    raise failure
                             for chunk in decoder.feed(rest) + decoder.close():  # close: was there a done line?
                                 sent += 1
                                 if chunk.usage is not None:

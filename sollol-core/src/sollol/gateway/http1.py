@@ -170,20 +170,21 @@ class Answer:
         try:
             if self._chunked:
                 while True:
-                    buffered = reader._buffer  # type: ignore[attr-defined]
-                    end = buffered.find(b"\r\n")
-                    if (
-                        end >= 0
-                        and len(buffered) >= end + 2 + int(bytes(buffered[:end]).split(b";", 1)[0] or b"0", 16) + 2
-                    ):
-                        # The whole chunk is here already: nothing to wait for (the common case).
-                        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                    else:
+                    # Every whole chunk buffered already goes out as one piece (no wait, and one
+                    # write downstream instead of one per chunk); else wait for the next chunk.
+                    data = await _buffered_chunks(reader)
+                    if data:
                         if deadline is not None:
-                            deadline.wait()
-                        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+                            deadline.waiting = False
+                        yield data
+                        continue
+                    if deadline is not None:
+                        deadline.wait()
+                    size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
                     if size:
                         data = await reader.readexactly(size + 2)
+                        if data[-2:] != b"\r\n":
+                            raise ValueError("chunk without its CRLF")
                         if deadline is not None:
                             deadline.waiting = False
                         yield data[:-2]
@@ -261,6 +262,34 @@ class Answer:
             self._pool.give_back(self._origin, self._streams)
         else:
             self._streams[1].close()
+
+
+async def _buffered_chunks(reader: asyncio.StreamReader) -> bytes:
+    """The data of every whole non-final chunk already in `reader`'s buffer, joined and
+    consumed (b"" when the next chunk is not whole yet, or is the last one)."""
+    buffered = reader._buffer  # type: ignore[attr-defined]
+    pos = 0
+    spans: list[tuple[int, int]] = []
+    while True:
+        end = buffered.find(b"\r\n", pos)
+        if end < 0:
+            break
+        size = int(bytes(buffered[pos:end]).split(b";", 1)[0] or b"0", 16)
+        stop = end + 2 + size + 2
+        if not size or len(buffered) < stop:
+            break
+        spans.append((end + 2, stop - 2))
+        pos = stop
+    if not spans:
+        return b""
+    data = await reader.readexactly(pos)  # all buffered: returns at once
+    for _, stop in spans:
+        if data[stop : stop + 2] != b"\r\n":
+            raise ValueError("chunk without its CRLF")
+    if len(spans) == 1:
+        start, stop = spans[0]
+        return data[start:stop]
+    return b"".join([data[start:stop] for start, stop in spans])
 
 
 class Http1Pool:

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from sollol.activity import ActivityEvent
-from sollol.observe.context import PROTOCOL
+from sollol.observe.context import PENDING_LIMIT, PROTOCOL
 from sollol.plugins import hookimpl
 
 #: Seconds; from a fast embedding to a long generation.
@@ -114,10 +114,6 @@ class _Histogram:
     def __init__(self, size: int) -> None:
         self.counts = [0] * (size + 1)  # the last one is +Inf
         self.total = 0.0
-
-
-#: Records waiting to be counted before a scrape counts them anyway.
-PENDING_LIMIT = 4096
 
 
 class PrometheusObserver:

@@ -18,7 +18,7 @@ from typing import Any
 
 from sollol.activity import ActivityEvent
 from sollol.codec import model_key
-from sollol.observe.context import PROTOCOL
+from sollol.observe.context import PENDING_LIMIT, PROTOCOL
 from sollol.plugins import hookimpl
 
 #: Version of the document's shape; bumped only for incompatible changes.
@@ -36,10 +36,6 @@ def redact(text: str | None) -> str | None:
     if not text:
         return text
     return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + ("***@" if m.group(2) else "***"), text)
-
-
-#: Records waiting to be folded into the per-second series before a read folds them anyway.
-PENDING_LIMIT = 4096
 
 
 class StatusFeed:
