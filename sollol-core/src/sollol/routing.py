@@ -19,7 +19,6 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any, Protocol, Union
 
 import attrs
@@ -40,6 +39,28 @@ DEFAULT_LOAD_COST = 5.0
 AliasSpec = Union[str, Sequence[str], Mapping[str, str]]  # noqa: UP007 - a runtime alias, Python 3.10
 
 _USABLE = frozenset({NodeState.UP, NodeState.UNKNOWN})
+
+
+class _Lease:
+    """`PoolNode.lease()`: a class rather than a generator-based context manager (one per request)."""
+
+    __slots__ = ("_pnode", "_reserved")
+
+    def __init__(self, pnode: PoolNode, reserved: bool) -> None:
+        self._pnode = pnode
+        self._reserved = reserved
+
+    def __enter__(self) -> None:
+        pnode = self._pnode
+        if self._reserved:
+            pnode.reserved -= 1
+        pnode.in_flight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        pnode = self._pnode
+        pnode.in_flight -= 1
+        if pnode.on_release is not None:
+            pnode.on_release(pnode)
 
 
 class PoolNode:
@@ -87,23 +108,14 @@ class PoolNode:
         self._state = value
         self.up = value in _USABLE
 
-    @contextmanager
-    def lease(self, *, reserved: bool = False) -> Iterator[None]:
-        """Count one request in flight for exactly as long as the block runs.
+    def lease(self, *, reserved: bool = False) -> _Lease:
+        """Count one request in flight for exactly as long as the `with` block runs.
 
-        Incremented before dispatch and decremented in `finally`, so errors,
+        Incremented before dispatch and decremented on the way out, so errors,
         cancellations and abandoned streams all give the slot back. With `reserved`, the
         request takes the slot the wait queue reserved for it.
         """
-        if reserved:
-            self.reserved -= 1
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if self.on_release is not None:
-                self.on_release(self)
+        return _Lease(self, reserved)
 
     @property
     def load(self) -> int:

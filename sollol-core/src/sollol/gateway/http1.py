@@ -20,7 +20,6 @@ import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
 
@@ -558,33 +557,60 @@ class LeanTransport(Transport):
             elapsed=time.perf_counter() - started,
         )
 
-    @asynccontextmanager
-    async def stream(self, node: Node, request: HttpRequest) -> AsyncIterator[Any]:
-        """Open a streamed request; the body is read piece by piece."""
+    def stream(self, node: Node, request: HttpRequest) -> _LeanStream:  # type: ignore[override]  # same protocol
+        """Open a streamed request (`async with`); the body is read piece by piece."""
+        return _LeanStream(self, node, request)
+
+
+class _LeanStream:
+    """`async with transport.stream(...)`: a class, not a generator-based context manager
+    (one is entered for every streamed request)."""
+
+    __slots__ = ("_answer", "_node", "_request", "_transport")
+
+    def __init__(self, transport: LeanTransport, node: Node, request: HttpRequest) -> None:
+        self._transport = transport
+        self._node = node
+        self._request = request
+        self._answer: Answer | None = None
+
+    async def __aenter__(self) -> LeanStreamed:
+        transport = self._transport
         try:
-            answer = await self._pool.exchange(
-                _origin(node),
-                _payload(node, request),
-                connect_timeout=self.timeouts.connect,
-                read_timeout=self.timeouts.read,
+            answer = await transport._pool.exchange(
+                _origin(self._node),
+                _payload(self._node, self._request),
+                connect_timeout=transport.timeouts.connect,
+                read_timeout=transport.timeouts.read,
             )
         except Http1Error as exc:
-            raise self._fail(node, request, exc) from exc
-        try:
-            yield LeanStreamed(answer)
-        except Http1Error as exc:
-            raise self._fail(node, request, exc) from exc
-        finally:
-            answer.close()
+            raise transport._fail(self._node, self._request, exc) from exc
+        self._answer = answer
+        return LeanStreamed(answer)
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        assert self._answer is not None
+        self._answer.close()
+        if isinstance(exc, Http1Error):
+            raise self._transport._fail(self._node, self._request, exc) from exc
 
 
 class LeanStreamed:
     """An open streamed answer (the shape of `sollol.transport.StreamedResponse`)."""
 
+    __slots__ = ("_answer", "_headers", "status")
+
     def __init__(self, answer: Answer) -> None:
         self._answer = answer
         self.status = answer.status
-        self.headers = _str_headers(answer.headers)
+        self._headers: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """The answer's headers (decoded when first asked for)."""
+        if self._headers is None:
+            self._headers = _str_headers(self._answer.headers)
+        return self._headers
 
     async def read(self) -> HttpResponse:
         """Read the rest as a whole response (used for error answers)."""
