@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -185,6 +186,22 @@ class ToyEmulator(Emulator):
         self.loading = False
         self.gate: asyncio.Event | None = None  # when set, generations wait for it
         self.started = 0
+        # (count, the waiter's loop, its future): `arrived()` waiters, woken from the servers' thread
+        self._arrivals: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._arrivals_lock = threading.Lock()
+
+    async def arrived(self, count: int = 1, timeout: float = 5.0) -> None:
+        """Wait (on any loop) until `count` generations have reached this node."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        with self._arrivals_lock:
+            if self.started >= count:
+                return
+            self._arrivals.append((count, loop, waiter))
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise AssertionError(f"{count} requests did not reach {self.config.name} in time") from None
 
     @route("GET", "/health")
     async def health(self, request: EmuRequest) -> EmuResponse:
@@ -210,7 +227,12 @@ class ToyEmulator(Emulator):
         )
 
     async def _run(self, model: EmulatedModel) -> float:
-        self.started += 1
+        with self._arrivals_lock:
+            self.started += 1
+            due = [(loop, waiter) for count, loop, waiter in self._arrivals if count <= self.started]
+            self._arrivals = [entry for entry in self._arrivals if entry[0] > self.started]
+        for loop, waiter in due:
+            loop.call_soon_threadsafe(_wake, waiter)
         if self.gate is not None:
             await self.gate.wait()
         return await self.work(model)
@@ -325,15 +347,9 @@ class Recorder:
         await self.wait_for(lambda: len(self.kinds(kind)) >= count, timeout)
 
 
-async def dispatched(pool: Any, count: int = 1, timeout: float = 5.0) -> None:
-    """Wait until `count` requests are in flight on the pool's nodes (a plain first attempt
-    emits no event when it is sent: its `request.finished` carries the routing decision)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while sum(p.in_flight for p in pool._nodes) < count:
-        if loop.time() >= end:
-            raise AssertionError(f"{count} requests were not in flight in time")
-        await asyncio.sleep(0.001)  # yields to the pool's tasks; the deadline bounds it
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def release(servers: Any, emulator: ToyEmulator) -> None:

@@ -7,7 +7,7 @@ import gc
 from typing import Any
 
 import pytest
-from routing_support import Ordered, Recorder, cluster_nodes, dispatched, gated, release, toy, toy_plugins
+from routing_support import Ordered, Recorder, cluster_nodes, gated, release, toy, toy_plugins
 
 from sollol.errors import AllNodesFailedError, InvalidRequestError, StreamInterruptedError
 from sollol.pool import AsyncPool
@@ -195,7 +195,7 @@ def test_in_flight_counts_exactly_through_cancellation(loopback_servers: Any) ->
     async def main() -> None:
         async with AsyncPool(nodes, plugins=toy_plugins(recorder), health_interval=0) as pool:
             tasks = [asyncio.create_task(pool.chat("llama3.2", HI)) for _ in range(3)]
-            await dispatched(pool, 3)
+            await a.arrived(3)
             assert in_flight(pool) == {"a": 3}
             for task in tasks:
                 task.cancel()

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from routing_support import Recorder, cluster_nodes, dispatched, gated, release, toy, toy_plugins
+from routing_support import Recorder, cluster_nodes, gated, release, toy, toy_plugins
 
 from sollol.errors import BusyError, ConfigError
 from sollol.node import Node
@@ -122,7 +122,7 @@ def test_requests_wait_for_a_free_slot_instead_of_failing(loopback_servers: Any)
     async def main() -> None:
         async with AsyncPool(nodes, plugins=toy_plugins(recorder), health_interval=0) as pool:
             first = asyncio.create_task(pool.chat("llama3.2", HI))
-            await dispatched(pool)
+            await a.arrived()
             second = asyncio.create_task(pool.chat("llama3.2", HI))
             await recorder.wait_kind("request.queued")
             assert pool.queued() == 1 and pool._nodes[0].in_flight == 1
@@ -144,7 +144,7 @@ def test_past_the_queue_deadline_the_caller_gets_busy_error(loopback_servers: An
     async def main() -> None:
         async with AsyncPool(nodes, plugins=toy_plugins(recorder), health_interval=0, queue_timeout=0.05) as pool:
             first = asyncio.create_task(pool.chat("llama3.2", HI))
-            await dispatched(pool)
+            await a.arrived()
             with pytest.raises(BusyError, match=r"llama3\.2"):
                 await pool.chat("llama3.2", HI)
             assert pool.queued() == 0
@@ -187,7 +187,7 @@ def test_higher_priority_requests_leave_the_queue_first(loopback_servers: Any) -
                 finished.append(priority)
 
             blocker = asyncio.create_task(ask(-1))
-            await dispatched(pool)
+            await a.arrived()
             waiting = []
             for index, priority in enumerate([1, 9, 5]):
                 waiting.append(asyncio.create_task(ask(priority)))
