@@ -870,9 +870,14 @@ class AsyncPool:
                                     sent += lines
                                     yield whole
                                     continue
-                                good: list[bytes] = []  # the lines before any error, sent on as one piece
+                                # Some line ends the stream or carries an error: only such lines
+                                # are decoded; the lines before any error go on as one piece.
+                                good: list[bytes] = []
                                 failure: BackendError | ProtocolError | None = None
                                 for line in whole.splitlines(keepends=True):
+                                    if _plain_lines(line, 1):
+                                        good.append(line)
+                                        continue
                                     try:
                                         decoded = decoder.feed(line)  # an in-band error raises here
                                     except (BackendError, ProtocolError) as exc:

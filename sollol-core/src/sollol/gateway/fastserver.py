@@ -160,7 +160,10 @@ class Exchange:
                 parts.append(b"\r\n")
                 if not self.head:
                     parts.append(body)
-            proto.write(b"".join(parts))
+            if more:  # a stream's head leaves with whatever else is ready in this turn of the loop
+                proto.write_soon(b"".join(parts))
+            else:
+                proto.write(b"".join(parts))
         elif body and not self.head:
             proto.write_soon(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
         if not more:
