@@ -187,6 +187,46 @@ def test_a_stream_is_read_piece_by_piece_while_the_node_still_answers(served: Se
         assert served.in_flight() == 1
 
 
+def test_idle_connections_are_closed_after_the_keep_alive_timeout_and_busy_ones_are_not() -> None:
+    """One sweep timer closes a connection idle for `keep_alive_timeout`; one whose answer is
+    still being written (a slow stream) stays open however long it takes."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        slow = scope["path"] == "/slow"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(6 if slow else 1):
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            if slow:
+                await asyncio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def main() -> tuple[float, bytes, bytes]:
+        server = FastServer(app, max_body=1024, keep_alive_timeout=0.2)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        await server.start(sock)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.readuntil(b"0\r\n\r\n")
+            answered = time.monotonic()
+            idle = await asyncio.wait_for(reader.read(), 2)  # b"" when the server closes it
+            waited = time.monotonic() - answered
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # 0.6 s, three timeouts long
+            slow = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 3)
+            writer.close()
+            return waited, idle, slow
+        finally:
+            await server.stop(grace=1)
+
+    waited, idle, slow = asyncio.run(main())
+    assert idle == b"" and 0.2 <= waited < 1.5
+    assert slow.count(b"1\r\nx\r\n") == 6
+
+
 def test_pieces_written_in_one_turn_of_the_loop_leave_in_one_send_and_in_order() -> None:
     from sollol.gateway.fastserver import _COALESCE_LIMIT, HttpProtocol
 

@@ -811,7 +811,7 @@ class AsyncPool:
                 continue
             elapsed = time.perf_counter() - started
             self._succeeded(pnode, target, request, route, elapsed, result.usage, None, 0, waited, folded)
-            return attrs.evolve(result, node=pnode.node, route=route)  # type: ignore[no-any-return]
+            return _placed_result(result, pnode.node, route)  # type: ignore[no-any-return]
 
     async def _stream(
         self, request: ChatRequest | GenerateRequest, priority: int = 0, passthrough: str | None = None
@@ -951,6 +951,16 @@ def _plain_lines(data: bytes, lines: int) -> bool:
     `"error"` anywhere; a quote inside a JSON string is escaped, so these match keys only, or
     fall to the full decode). Such lines need no parsing to be passed on."""
     return b'"error"' not in data and b'"done":true' not in data and data.count(b'"done":false') == lines
+
+
+def _placed_result(result: Any, node: Node, route: Route) -> Any:
+    """`result` with where it was served. The codec built it for this call alone and nothing
+    else holds it yet, so its two fields are filled in place (past the frozen guard, as attrs'
+    own `__attrs_post_init__` idiom does) instead of copying it with `attrs.evolve`."""
+    set_attribute = object.__setattr__
+    set_attribute(result, "node", node)
+    set_attribute(result, "route", route)
+    return result
 
 
 def _placed(chunk: Chunk, node: Node, route: Route) -> Chunk:

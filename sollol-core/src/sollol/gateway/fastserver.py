@@ -194,7 +194,9 @@ class HttpProtocol(asyncio.Protocol):
         self._out: list[bytes] | None = None  # held by `write_soon` until the loop's turn ends
         self._out_size = 0
         self._reading_paused = False
-        self._idle: asyncio.TimerHandle | None = None
+        #: when the connection last went idle (loop time; None while a request is in or being
+        #: answered): `FastServer`'s sweep closes it `keep_alive_timeout` later
+        self.idle_since: float | None = None
         self._stopped = False  # the parser met something it will not go past
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -219,13 +221,11 @@ class HttpProtocol(asyncio.Protocol):
         self._client = tuple(peer[:2]) if isinstance(peer, tuple) else None
         self._local = tuple(local[:2]) if isinstance(local, tuple) else None
         self.server.connections.add(self)
-        self._arm_idle()
+        self.idle_since = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
         if self.current is not None:
             self.current.client_gone()
         if self.task is not None and not self.task.done():
@@ -284,16 +284,6 @@ class HttpProtocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = self.loop.call_later(self.server.keep_alive_timeout, self._idle_close)
-
-    def _idle_close(self) -> None:
-        self._idle = None
-        if self.current is None and not self.queue and self.transport is not None:
-            self.transport.close()
-
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
@@ -303,9 +293,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self.idle_since = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -462,7 +450,7 @@ class HttpProtocol(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.resume_reading()
             return
-        self._arm_idle()
+        self.idle_since = self.loop.time()
 
 
 class FastServer:
@@ -477,14 +465,34 @@ class FastServer:
         self.keep_alive_timeout = keep_alive_timeout
         self.connections: set[HttpProtocol] = set()
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, sock: socket.socket, backlog: int = 2048) -> None:
         """Listen on `sock` (bound already)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=backlog)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Close the connections idle for `keep_alive_timeout`, then look again a little later.
+
+        One timer for the server instead of one per connection re-armed after every request;
+        a connection closes between `keep_alive_timeout` and a quarter of it more after its
+        last answer.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limit = self.keep_alive_timeout
+        for conn in [c for c in self.connections if c.idle_since is not None and now - c.idle_since >= limit]:
+            if conn.current is None and not conn.queue:
+                conn.close()
+        self._sweeper = loop.call_later(limit / 4, self._sweep)
 
     async def stop(self, grace: float = 3.0) -> None:
         """Stop listening, let requests in flight finish for up to `grace` seconds, close the rest."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         tasks = [c.task for c in self.connections if c.task is not None]

@@ -82,8 +82,7 @@ class _Deadline:
 
     __slots__ = ("_delay", "_handle", "_loop", "_transport", "expired", "last", "waiting")
 
-    def __init__(self, delay: float, transport: asyncio.BaseTransport) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(self, delay: float, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._delay = delay
         self._transport = transport
@@ -299,6 +298,9 @@ class Http1Pool:
         self._max_idle = max_idle_per_origin
         self._ssl = ssl_context
         self._closed = False
+        #: the loop the connections belong to (`asyncio.get_running_loop()` costs a getpid()
+        #: system call in CPython: asked once, not per exchange)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _take(self, origin: Origin) -> Streams | None:
         idle = self._idle.get(origin)
@@ -366,7 +368,10 @@ class Http1Pool:
         self, origin: Origin, streams: Streams, payload: bytes, read_timeout: float | None, head_only: bool
     ) -> Answer:
         reader, writer = streams
-        deadline = None if read_timeout is None else _Deadline(read_timeout, writer.transport)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = None if read_timeout is None else _Deadline(read_timeout, writer.transport, loop)
         try:
             writer.write(payload)
             head = await reader.readuntil(b"\r\n\r\n")
