@@ -144,6 +144,14 @@ def bench_gateway(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_gateway_floor(session: nox.Session) -> None:
+    """`sollol serve` beside a minimal relay that only copies bytes: the floor of any Python
+    gateway's CPU per request on this machine (benchmarks/gateway_floor.py)."""
+    session.install(*_editable(CORE, "plugins/sollol-ollama"))
+    session.run("python", str(ROOT / "benchmarks" / "gateway_floor.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench_gateway_peers(session: nox.Session) -> None:
     """SOLLOL's gateway beside LiteLLM's proxy and SOLLOL 0.9.66's, each in its own venv, in a private
     loopback-only network namespace (benchmarks/gateway_peers.py; needs root or user namespaces)."""
