@@ -152,6 +152,16 @@ def bench_gateway_floor(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_gateway_ab(session: nox.Session) -> None:
+    """Two source trees' `sollol serve` side by side, CPU per request (benchmarks/gateway_ab.py).
+
+    git worktree add /tmp/before <commit> && nox -s bench_gateway_ab -- /tmp/before .
+    """
+    session.install(*_editable(CORE, "plugins/sollol-ollama"))
+    session.run("python", str(ROOT / "benchmarks" / "gateway_ab.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench_gateway_peers(session: nox.Session) -> None:
     """SOLLOL's gateway beside LiteLLM's proxy and SOLLOL 0.9.66's, each in its own venv, in a private
     loopback-only network namespace (benchmarks/gateway_peers.py; needs root or user namespaces)."""
