@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gateway import HOST, MODEL, cpu_seconds, free_port, load, start_node, stop, wait_http
+from gateway import HOST, MODEL, LoadGenerator, cpu_seconds, free_port, load, start_node, stop, wait_http
 
 GATEWAY = """
 import asyncio, sys
@@ -38,11 +38,21 @@ from sollol.cli_serve import bind
 from sollol.gateway import Gateway
 from sollol.gateway.fastserver import serve_gateway
 from sollol.gateway.http1 import LeanTransport
+from sollol.plugins import hookimpl
 from sollol.pool import AsyncPool
 import sollol.transport
 sollol.transport.TRANSPORT_CLASS = LeanTransport  # as `sollol serve` runs it
-observe = sys.argv[1] == "on"
-app = Gateway(AsyncPool([{{"url": "http://{host}:{node}", "backend": "ollama"}}]), observe=observe)
+variant = sys.argv[1]  # off, on, or a control: mounted (observers unsubscribed), noop (a no-op observer only)
+app = Gateway(AsyncPool([{{"url": "http://{host}:{node}", "backend": "ollama"}}]), observe=variant != "off")
+if variant in ("mounted", "noop"):
+    for observer in app.observe.observers:
+        app.pool.plugins.remove_observer(observer)
+if variant == "noop":
+    class NoOp:
+        @hookimpl
+        def sollol_activity_event(self, event):
+            pass
+    app.pool.plugins.add_observer(NoOp(), name="noop")
 try:
     import uvloop
     runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
@@ -51,6 +61,14 @@ except ImportError:
 with runner:  # the server `sollol serve` runs by default
     runner.run(serve_gateway(app, bind("{host}", {port}), stop=asyncio.Event()))
 """
+
+#: The control variants of `--controls`: where the cost of observability sits.
+CONTROLS = {
+    "off": "observe=False",
+    "mounted": "observability mounted, its observers unsubscribed (routes, protocol label, modules)",
+    "noop": "only a no-op observer: the pool builds and emits its events, nobody keeps them",
+    "on": "everything on (no dashboard client, no scraper)",
+}
 
 WATCHER = """
 import sys, threading, time, httpx
@@ -69,11 +87,13 @@ with httpx.Client(base_url=base, timeout=10) as client:
 """
 
 
-def start_gateway(port: int, node_port: int, observe: bool) -> subprocess.Popen[bytes]:
+def start_gateway(port: int, node_port: int, observe: bool | str) -> subprocess.Popen[bytes]:
+    """A gateway with (`True`), without (`False`) observability, or a `CONTROLS` variant by name."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SOLLOL_", "OLLAMA_"))}
     code = GATEWAY.format(host=HOST, node=node_port, port=port)
+    variant = observe if isinstance(observe, str) else "on" if observe else "off"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "on" if observe else "off"],
+        [sys.executable, "-c", code, variant],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -290,6 +310,35 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def controls(seconds: float, rounds: int, clients: int) -> dict[str, float]:
+    """Gateway CPU per request (ms) of each `CONTROLS` variant, one gateway at a time (so none
+    shares the cores with another), alternating round after round; medians."""
+
+    node_port = free_port()
+    procs = [start_node(node_port)]
+    generator = LoadGenerator()
+    cpu: dict[str, list[float]] = {name: [] for name in CONTROLS}
+    try:
+        gateways = {}
+        for name in CONTROLS:
+            port = free_port()
+            proc = start_gateway(port, node_port, name)
+            procs.append(proc)
+            gateways[name] = (port, proc.pid)
+        for index in range(rounds):
+            order = list(gateways.items())
+            for name, (port, pid) in order if index % 2 == 0 else order[::-1]:
+                generator.run(port, clients, False, min(0.5, seconds / 4))  # warm-up
+                before = cpu_seconds(pid)
+                result = generator.run(port, clients, False, seconds)
+                cpu[name].append((cpu_seconds(pid) - before) / max(result["all_requests"], 1) * 1000)
+    finally:
+        generator.close()
+        for proc in reversed(procs):
+            stop(proc)
+    return {name: statistics.median(values) for name, values in cpu.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run")
@@ -297,11 +346,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", default="16,64", help="concurrency levels, comma separated")
     parser.add_argument("--micro-only", action="store_true", help="only the in-process measurement")
     parser.add_argument(
+        "--controls",
+        action="store_true",
+        help="instead: where the cost sits, CPU per request of each control variant (non-streamed, first --clients)",
+    )
+    parser.add_argument(
         "--one-at-a-time",
         action="store_true",
         help="load one gateway, then the other (default: both at once, so a busy machine slows both alike)",
     )
     args = parser.parse_args(argv)
+    if args.controls:
+        clients = int(args.clients.split(",")[0])
+        medians = controls(args.seconds, args.rounds, clients)
+        print(f"gateway CPU per request, {clients} clients non-streamed, medians of {args.rounds} rounds:")
+        for name, value in medians.items():
+            print(f"  {name:8} {value:.4f} ms ({(value - medians['off']) * 1000:+.1f} us)  {CONTROLS[name]}")
+        return 0
     costs = micro()
     added = costs["request_us_with"] - costs["request_us_without"]
     print(
