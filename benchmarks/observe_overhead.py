@@ -111,9 +111,15 @@ def start_watcher(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def measure(port: int, pid: int, clients: int, stream: bool, seconds: float) -> dict[str, Any]:
+def measure(
+    port: int, pid: int, clients: int, stream: bool, seconds: float, generator: LoadGenerator | None = None
+) -> dict[str, Any]:
+    """One run against one gateway: in this process, or in `generator`'s (the gateway benchmark's own)."""
     before = cpu_seconds(pid)
-    result = asyncio.run(load(port, clients, stream, seconds))
+    if generator is not None:
+        result = generator.run(port, clients, stream, seconds)
+    else:
+        result = asyncio.run(load(port, clients, stream, seconds))
     result["cpu_ms_per_request"] = (cpu_seconds(pid) - before) / max(result["all_requests"], 1) * 1000
     return result
 
@@ -138,6 +144,9 @@ def run(seconds: float, rounds: int, concurrency: Sequence[int], together: bool 
     node = start_node(node_port)
     procs: list[subprocess.Popen[bytes]] = [node]
     rows = []
+    # One at a time, the load comes from the gateway benchmark's own generator (its own process,
+    # uvloop); both at once, from this process (one loop drives both gateways alike).
+    generator = None if together else LoadGenerator()
     try:
         off = start_gateway(off_port, node_port, observe=False)
         procs.append(off)
@@ -146,16 +155,19 @@ def run(seconds: float, rounds: int, concurrency: Sequence[int], together: bool 
         for stream in (False, True):
             for clients in concurrency:
                 ratios, offs, ons = [], [], []
-                for _ in range(rounds):
+                for index in range(rounds):
                     watcher = start_watcher(on_port)
                     try:
                         if together:
                             plain, observed = measure_both(
                                 (off_port, off.pid), (on_port, on.pid), clients, stream, seconds
                             )
+                        elif index % 2 == 0:  # one at a time, in alternating order
+                            plain = measure(off_port, off.pid, clients, stream, seconds, generator)
+                            observed = measure(on_port, on.pid, clients, stream, seconds, generator)
                         else:
-                            plain = measure(off_port, off.pid, clients, stream, seconds)
-                            observed = measure(on_port, on.pid, clients, stream, seconds)
+                            observed = measure(on_port, on.pid, clients, stream, seconds, generator)
+                            plain = measure(off_port, off.pid, clients, stream, seconds, generator)
                     finally:
                         stop(watcher)
                     offs.append(plain)
@@ -186,6 +198,8 @@ def run(seconds: float, rounds: int, concurrency: Sequence[int], together: bool 
                 print(describe(row), flush=True)
         return rows
     finally:
+        if generator is not None:
+            generator.close()
         for proc in reversed(procs):
             stop(proc)
 
