@@ -227,6 +227,36 @@ def test_idle_connections_are_closed_after_the_keep_alive_timeout_and_busy_ones_
     assert slow.count(b"1\r\nx\r\n") == 6
 
 
+def test_a_request_trickled_or_left_half_way_gets_408_and_the_connection_closes() -> None:
+    """A client that sends part of a request and stops cannot hold the connection: once
+    `request_timeout` has passed since the request began it is answered 408 in the protocol of
+    its path and the connection closes."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("a request that never arrived whole must not reach the app")
+
+    async def main() -> tuple[float, bytes]:
+        server = FastServer(app, max_body=1024, keep_alive_timeout=5.0, request_timeout=0.3)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        await server.start(sock)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            started = time.monotonic()
+            writer.write(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{"mo')
+            answer = await asyncio.wait_for(reader.read(), 3)  # until the server closes
+            return time.monotonic() - started, answer
+        finally:
+            await server.stop(grace=1)
+
+    waited, answer = asyncio.run(main())
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"error"' in answer and b"did not arrive whole in time" in answer
+    assert b'"type"' in answer  # OpenAI's error shape under /v1/
+    assert 0.3 <= waited < 2.0
+
+
 def test_pieces_written_in_one_turn_of_the_loop_leave_in_one_send_and_in_order() -> None:
     from sollol.gateway.fastserver import _COALESCE_LIMIT, HttpProtocol
 

@@ -197,6 +197,9 @@ class HttpProtocol(asyncio.Protocol):
         #: when the connection last went idle (loop time; None while a request is in or being
         #: answered): `FastServer`'s sweep closes it `keep_alive_timeout` later
         self.idle_since: float | None = None
+        #: when the request being read began (None between requests): `FastServer`'s sweep
+        #: answers 408 and closes the connection when it is not whole `request_timeout` later
+        self.reading_since: float | None = None
         self._stopped = False  # the parser met something it will not go past
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -302,10 +305,15 @@ class HttpProtocol(asyncio.Protocol):
             if not self._stopped:
                 self._refuse(400, f"bad request: {exc}", "/")
 
+    def timed_out(self) -> None:
+        """The request being read did not arrive whole in time: 408, then close."""
+        self._refuse(408, "the request did not arrive whole in time", self._path_or_root())
+
     def _path_or_root(self) -> str:
         return self._scope["path"] if self._scope is not None else "/"
 
     def on_message_begin(self) -> None:
+        self.reading_since = self.loop.time()
         self._url = b""
         self._headers = []
         self._body = []
@@ -379,6 +387,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.reading_since = None
         if self._stopped or self._scope is None:
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -387,6 +396,7 @@ class HttpProtocol(asyncio.Protocol):
     def _refuse(self, status: int, message: str, path: str) -> None:
         """Answer this request with an error (after any before it) and close the connection."""
         self._stopped = True
+        self.reading_since = None
         scope = self._scope or {"method": "GET", "path": path, "http_version": "1.1"}
         exchange = Exchange(self, scope, b"", False)
         exchange.error = (status, message)
@@ -457,12 +467,21 @@ class FastServer:
     """Serves an ASGI `app` (the gateway) over plain HTTP/1.1 on a bound socket."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body: int, access_log: bool = False, keep_alive_timeout: float = 5.0
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        access_log: bool = False,
+        keep_alive_timeout: float = 5.0,
+        request_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.access_log = access_log
         self.keep_alive_timeout = keep_alive_timeout
+        #: seconds a client may take to send one whole request (head and body) once it began:
+        #: a client that trickles a request (or stops half-way) cannot hold a connection forever
+        self.request_timeout = request_timeout
         self.connections: set[HttpProtocol] = set()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -474,7 +493,8 @@ class FastServer:
         self._sweep()
 
     def _sweep(self) -> None:
-        """Close the connections idle for `keep_alive_timeout`, then look again a little later.
+        """Close the connections idle for `keep_alive_timeout`, answer 408 to requests not whole
+        `request_timeout` after they began, then look again a little later.
 
         One timer for the server instead of one per connection re-armed after every request;
         a connection closes between `keep_alive_timeout` and a quarter of it more after its
@@ -483,10 +503,13 @@ class FastServer:
         loop = asyncio.get_running_loop()
         now = loop.time()
         limit = self.keep_alive_timeout
-        for conn in [c for c in self.connections if c.idle_since is not None and now - c.idle_since >= limit]:
-            if conn.current is None and not conn.queue:
-                conn.close()
-        self._sweeper = loop.call_later(limit / 4, self._sweep)
+        for conn in list(self.connections):
+            if conn.idle_since is not None and now - conn.idle_since >= limit:
+                if conn.current is None and not conn.queue:
+                    conn.close()
+            elif conn.reading_since is not None and now - conn.reading_since >= self.request_timeout:
+                conn.timed_out()
+        self._sweeper = loop.call_later(min(limit, self.request_timeout) / 4, self._sweep)
 
     async def stop(self, grace: float = 3.0) -> None:
         """Stop listening, let requests in flight finish for up to `grace` seconds, close the rest."""
