@@ -436,11 +436,15 @@ def _origin(node: Node) -> Origin:
     return (node.scheme, node.host, node.port)
 
 
+#: `json.dumps(obj, separators=...)` builds a new encoder on every call: one, made once.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _payload(node: Node, request: HttpRequest) -> bytes:
     path = request.path
     if request.params:
         path += "?" + urlencode(list(request.params))
-    body = b"" if request.json is None else json.dumps(request.json, separators=(",", ":")).encode()
+    body = b"" if request.json is None else _compact(request.json).encode()
     host = f"[{node.host}]" if ":" in node.host else node.host
     head = f"{request.method} {path} HTTP/1.1\r\nhost: {host}:{node.port}\r\n"
     for name, value in _headers(node, request).items():
