@@ -15,10 +15,10 @@ from typing import Any
 
 from sollol.activity import ActivityEvent
 from sollol.gateway.wire import TEXT_TYPE, Receive, Scope, Send, send_body, send_json
-from sollol.observe.context import PROTOCOL
+from sollol.observe.context import PENDING_LIMIT, PROTOCOL
 from sollol.observe.dashboard import send_page, stream_status
 from sollol.observe.logs import EVENT_LEVELS, EventLog
-from sollol.observe.status import PENDING_LIMIT, StatusFeed, conclude, decide, status_document
+from sollol.observe.status import StatusFeed, conclude, decide, status_document
 from sollol.plugins import hookimpl
 
 log = logging.getLogger(__name__)
