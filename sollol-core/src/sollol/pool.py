@@ -872,9 +872,16 @@ class AsyncPool:
                                     continue
                                 # Some line ends the stream or carries an error: only such lines
                                 # are decoded; the lines before any error go on as one piece.
+                                # Usually it is the last line alone: the others are checked at once.
                                 good: list[bytes] = []
                                 failure: BackendError | ProtocolError | None = None
-                                for line in whole.splitlines(keepends=True):
+                                cut = whole.rfind(b"\n", 0, len(whole) - 1) + 1
+                                if cut and _plain_lines(whole[:cut], lines - 1):
+                                    good.append(whole[:cut])
+                                    rest_lines = [whole[cut:]]
+                                else:
+                                    rest_lines = whole.splitlines(keepends=True)
+                                for line in rest_lines:
                                     if _plain_lines(line, 1):
                                         good.append(line)
                                         continue
@@ -890,8 +897,9 @@ class AsyncPool:
                                     if decoded:
                                         good.append(line)
                                 if good:
-                                    sent += len(good)
-                                    yield b"".join(good)
+                                    passed = b"".join(good)
+                                    sent += passed.count(b"\n")
+                                    yield passed
                                 if failure is not None:
                                     raise failure
                             for chunk in decoder.feed(rest) + decoder.close():  # close: was there a done line?

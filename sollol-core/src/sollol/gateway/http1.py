@@ -272,22 +272,25 @@ async def _buffered_chunks(reader: asyncio.StreamReader) -> bytes:
         end = buffered.find(b"\r\n", pos)
         if end < 0:
             break
-        size = int(bytes(buffered[pos:end]).split(b";", 1)[0] or b"0", 16)
+        try:
+            size = int(buffered[pos:end], 16)
+        except ValueError:  # a chunk extension (`1a;name=value`), or garbage: the slow way
+            size = int(bytes(buffered[pos:end]).split(b";", 1)[0] or b"0", 16)
         stop = end + 2 + size + 2
         if not size or len(buffered) < stop:
             break
+        if not buffered.startswith(b"\r\n", stop - 2):
+            raise ValueError("chunk without its CRLF")
         spans.append((end + 2, stop - 2))
         pos = stop
     if not spans:
         return b""
     data = await reader.readexactly(pos)  # all buffered: returns at once
-    for _, stop in spans:
-        if data[stop : stop + 2] != b"\r\n":
-            raise ValueError("chunk without its CRLF")
     if len(spans) == 1:
         start, stop = spans[0]
         return data[start:stop]
-    return b"".join([data[start:stop] for start, stop in spans])
+    view = memoryview(data)
+    return b"".join([view[start:stop] for start, stop in spans])
 
 
 class Http1Pool:
