@@ -49,6 +49,26 @@ def test_flags_beat_environment_beats_file(tmp_path: Path) -> None:
     assert (from_flags.port, from_flags.nodes, from_flags.api_keys) == (9200, ("127.0.0.1:3",), ("c",))
 
 
+def test_timeouts_from_flags_environment_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "sollol.toml"
+    path.write_text("[gateway]\nrequest_timeout = 12\nkeep_alive = 2.5\n")
+    assert (GatewayConfig.resolve(environ={}).request_timeout, GatewayConfig.resolve(environ={}).keep_alive) == (
+        30.0,
+        5.0,
+    )
+    from_file = GatewayConfig.resolve(config_file=str(path), environ={})
+    assert (from_file.request_timeout, from_file.keep_alive) == (12.0, 2.5)
+    env = {"SOLLOL_REQUEST_TIMEOUT": "7", "SOLLOL_CONFIG": str(path)}
+    assert GatewayConfig.resolve(environ=env).request_timeout == 7.0
+    assert GatewayConfig.resolve(request_timeout=3.0, environ=env).request_timeout == 3.0
+    args = build_parser().parse_args(["serve", "--request-timeout", "9", "--keep-alive", "1"])
+    assert (args.request_timeout, args.keep_alive) == (9.0, 1.0)
+    with pytest.raises(ConfigError, match="request_timeout must be a number of seconds"):
+        GatewayConfig.resolve(environ={"SOLLOL_REQUEST_TIMEOUT": "soon"})
+    with pytest.raises(ConfigError, match="keep_alive must be more than 0"):
+        GatewayConfig.resolve(keep_alive=0, environ={})
+
+
 def test_keys_stay_out_of_repr() -> None:
     config = GatewayConfig.resolve(api_keys=["hunter2"], environ={})
     assert "hunter2" not in repr(config)

@@ -51,6 +51,20 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-body", type=int, default=None, metavar="BYTES", help="largest request body accepted (default 32 MiB)"
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a request not whole this long after its first byte gets 408 (default 30; $SOLLOL_REQUEST_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--keep-alive",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close a client's idle keep-alive connection after this long (default 5; $SOLLOL_KEEP_ALIVE)",
+    )
     parser.add_argument("--policy", default=None, help="routing policy (default least_loaded; $SOLLOL_POLICY)")
     parser.add_argument("--config", default=None, metavar="FILE", help="a TOML config file (default: $SOLLOL_CONFIG)")
     parser.add_argument(
@@ -99,6 +113,8 @@ def serve_command(args: argparse.Namespace) -> int:
             max_body=args.max_body,
             policy=args.policy,
             access_log=args.access_log,
+            request_timeout=args.request_timeout,
+            keep_alive=args.keep_alive,
             config_file=args.config,
         )
     except ConfigError as exc:
@@ -266,7 +282,17 @@ async def _serve_fast(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
-    task = asyncio.create_task(serve_gateway(app, sock, stop=stop, started=ready.set, access_log=config.access_log))
+    task = asyncio.create_task(
+        serve_gateway(
+            app,
+            sock,
+            stop=stop,
+            started=ready.set,
+            access_log=config.access_log,
+            keep_alive_timeout=config.keep_alive,
+            request_timeout=config.request_timeout,
+        )
+    )
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     if not ready.is_set():
@@ -328,6 +354,7 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace, console: Conso
                 server_header=False,
                 date_header=False,
                 timeout_graceful_shutdown=3,
+                timeout_keep_alive=max(1, round(config.keep_alive)),  # uvicorn has no request timeout
                 backlog=2048,
             )
         )

@@ -540,10 +540,18 @@ async def serve_gateway(
     stop: asyncio.Event,
     started: Callable[[], None] | None = None,
     access_log: bool = False,
+    keep_alive_timeout: float = 5.0,
+    request_timeout: float = 30.0,
 ) -> None:
     """Start the gateway's pool, serve on `sock` until `stop` is set, then close everything."""
     await gateway.pool.start()
-    server = FastServer(gateway, max_body=gateway.max_body, access_log=access_log)
+    server = FastServer(
+        gateway,
+        max_body=gateway.max_body,
+        access_log=access_log,
+        keep_alive_timeout=keep_alive_timeout,
+        request_timeout=request_timeout,
+    )
     try:
         await server.start(sock)
         if started is not None:
