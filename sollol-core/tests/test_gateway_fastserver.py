@@ -187,6 +187,14 @@ def test_a_stream_is_read_piece_by_piece_while_the_node_still_answers(served: Se
         assert served.in_flight() == 1
 
 
+async def listening(server: FastServer) -> int:
+    """Start `server` on a free loopback port; the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await server.start(sock)
+    return int(sock.getsockname()[1])
+
+
 def test_idle_connections_are_closed_after_the_keep_alive_timeout_and_busy_ones_are_not() -> None:
     """One sweep timer closes a connection idle for `keep_alive_timeout`; one whose answer is
     still being written (a slow stream) stays open however long it takes."""
@@ -203,10 +211,7 @@ def test_idle_connections_are_closed_after_the_keep_alive_timeout_and_busy_ones_
 
     async def main() -> tuple[float, bytes, bytes]:
         server = FastServer(app, max_body=1024, keep_alive_timeout=0.2)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        await server.start(sock)
+        port = await listening(server)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -237,10 +242,7 @@ def test_a_request_trickled_or_left_half_way_gets_408_and_the_connection_closes(
 
     async def main() -> tuple[float, bytes]:
         server = FastServer(app, max_body=1024, keep_alive_timeout=5.0, request_timeout=0.3)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        await server.start(sock)
+        port = await listening(server)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             started = time.monotonic()
