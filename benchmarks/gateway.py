@@ -211,6 +211,15 @@ class LoadGenerator:
         result: dict[str, Any] = json.loads(line)
         return result
 
+    def cpu_per_request(self, port: int, pid: int, clients: int, stream: bool, seconds: float) -> float:
+        """A warm-up, then one run; the CPU time process `pid` spent per request (ms). Errors raise."""
+        self.run(port, clients, stream, min(0.5, seconds / 4))
+        before = cpu_seconds(pid)
+        result = self.run(port, clients, stream, seconds)
+        if result["errors"]:
+            raise RuntimeError(f"{result['errors']} errors on port {port}: {result['error_sample']}")
+        return (cpu_seconds(pid) - before) / max(result["all_requests"], 1) * 1000
+
     def close(self) -> None:
         if self.proc.stdin is not None:
             self.proc.stdin.close()

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gateway import LoadGenerator, cpu_seconds, free_port, start_gateway, start_node, stop
+from gateway import LoadGenerator, free_port, start_gateway, start_node, stop
 
 
 def gateway_of(tree: str, node_port: int) -> tuple[int, int, object]:
@@ -65,12 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for index in range(args.rounds):
                     for side in (0, 1) if index % 2 == 0 else (1, 0):
                         port, pid = sides[side]
-                        generator.run(port, clients, stream, min(0.5, args.seconds / 4))  # warm-up
-                        before = cpu_seconds(pid)
-                        result = generator.run(port, clients, stream, args.seconds)
-                        if result["errors"]:
-                            raise RuntimeError(f"{result['errors']} errors: {result['error_sample']}")
-                        cpu[side].append((cpu_seconds(pid) - before) / result["all_requests"] * 1000)
+                        cpu[side].append(generator.cpu_per_request(port, pid, clients, stream, args.seconds))
                 ratio = statistics.median(b / a for a, b in zip(cpu[0], cpu[1], strict=True))
                 print(
                     f"| {'stream' if stream else 'non-stream'} | {clients} | {statistics.median(cpu[0]):.3f} "

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gateway import HOST, LoadGenerator, cpu_seconds, free_port, start_gateway, start_node, stop
+from gateway import HOST, LoadGenerator, free_port, start_gateway, start_node, stop
 
 RELAY = """
 import asyncio, sys
@@ -101,12 +101,7 @@ def run(seconds: float, rounds: int, concurrency: Sequence[int]) -> list[dict[st
                 cpu: dict[str, list[float]] = {"relay": [], "sollol serve": []}
                 for index in range(rounds):
                     for name, port, pid in sides if index % 2 == 0 else sides[::-1]:
-                        generator.run(port, clients, stream, min(0.5, seconds / 4))  # warm-up
-                        before = cpu_seconds(pid)
-                        result = generator.run(port, clients, stream, seconds)
-                        if result["errors"]:
-                            raise RuntimeError(f"{name}: {result['errors']} errors: {result['error_sample']}")
-                        cpu[name].append((cpu_seconds(pid) - before) / result["all_requests"] * 1000)
+                        cpu[name].append(generator.cpu_per_request(port, pid, clients, stream, seconds))
                 row = {
                     "stream": stream,
                     "clients": clients,

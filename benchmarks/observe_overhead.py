@@ -342,10 +342,7 @@ def controls(seconds: float, rounds: int, clients: int) -> dict[str, float]:
         for index in range(rounds):
             order = list(gateways.items())
             for name, (port, pid) in order if index % 2 == 0 else order[::-1]:
-                generator.run(port, clients, False, min(0.5, seconds / 4))  # warm-up
-                before = cpu_seconds(pid)
-                result = generator.run(port, clients, False, seconds)
-                cpu[name].append((cpu_seconds(pid) - before) / max(result["all_requests"], 1) * 1000)
+                cpu[name].append(generator.cpu_per_request(port, pid, clients, False, seconds))
     finally:
         generator.close()
         for proc in reversed(procs):
