@@ -86,7 +86,7 @@ class HttpResponse:
     def json(self) -> Any:
         """The body parsed as JSON; a malformed body raises `ProtocolError`."""
         try:
-            return _parse(self.body)
+            return parse_json(self.body)
         except ValueError as exc:
             snippet = self.text[:200]
             raise ProtocolError(f"malformed JSON body (HTTP {self.status}): {snippet!r}") from exc
@@ -96,7 +96,7 @@ class HttpResponse:
         if not self.body:
             return None
         try:
-            return _parse(self.body)
+            return parse_json(self.body)
         except ValueError:
             return None
 
@@ -109,9 +109,9 @@ class HttpResponse:
 _decode = _json.JSONDecoder().decode
 
 
-def _parse(body: bytes) -> Any:
-    """`json.loads` of a UTF-8 body without its encoding detection (every node speaks UTF-8;
-    anything else is malformed: `UnicodeDecodeError` is a `ValueError` too)."""
+def parse_json(body: bytes) -> Any:
+    """`json.loads` of a UTF-8 body without its encoding detection (HTTP JSON is UTF-8; anything
+    else is malformed: `UnicodeDecodeError` is a `ValueError` too)."""
     return _decode(body.decode("utf-8"))
 
 

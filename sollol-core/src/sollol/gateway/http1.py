@@ -178,7 +178,7 @@ class Answer:
                         continue
                     if deadline is not None:
                         deadline.wait()
-                    size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+                    size = _chunk_size(await reader.readuntil(b"\r\n"))
                     if size:
                         data = await reader.readexactly(size + 2)
                         if data[-2:] != b"\r\n":
@@ -262,6 +262,15 @@ class Answer:
             self._streams[1].close()
 
 
+def _chunk_size(line: bytes | bytearray) -> int:
+    """A chunk-size line's size (hex, surrounding whitespace and CRLF allowed); with a chunk
+    extension (`1a;name=value`) the part before `;`. Garbage raises `ValueError`."""
+    try:
+        return int(line, 16)
+    except ValueError:
+        return int(bytes(line).split(b";", 1)[0] or b"0", 16)
+
+
 async def _buffered_chunks(reader: asyncio.StreamReader) -> bytes:
     """The data of every whole non-final chunk already in `reader`'s buffer, joined and
     consumed (b"" when the next chunk is not whole yet, or is the last one)."""
@@ -272,10 +281,7 @@ async def _buffered_chunks(reader: asyncio.StreamReader) -> bytes:
         end = buffered.find(b"\r\n", pos)
         if end < 0:
             break
-        try:
-            size = int(buffered[pos:end], 16)
-        except ValueError:  # a chunk extension (`1a;name=value`), or garbage: the slow way
-            size = int(bytes(buffered[pos:end]).split(b";", 1)[0] or b"0", 16)
+        size = _chunk_size(buffered[pos:end])
         stop = end + 2 + size + 2
         if not size or len(buffered) < stop:
             break

@@ -11,6 +11,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
+from sollol.http import parse_json
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -22,7 +24,6 @@ SSE_TYPE = b"text/event-stream; charset=utf-8"
 TEXT_TYPE = b"text/plain; charset=utf-8"
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
-_decode = json.JSONDecoder().decode
 
 
 class ApiError(Exception):
@@ -147,7 +148,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise ApiError(400, "missing request body")
     try:
-        data = _decode(body.decode("utf-8"))  # `json.loads` without its encoding detection
+        data = parse_json(body)
     except ValueError as exc:
         raise ApiError(400, f"invalid JSON in the request body: {exc}") from None
     if not isinstance(data, dict):
