@@ -1,25 +1,26 @@
 """What observability costs the gateway: the same gateway with and without its observers.
 
 Two gateway processes (on the server `sollol serve` runs) over one emulated Ollama node that
-answers at once: one built with
-`Gateway(pool, observe=False)` (no observers, no /metrics or dashboard), one with everything
-on (`observe=True`: Prometheus metrics, the dashboard's feed, the event log) AND, while it is
-measured, a live dashboard client on `/api/sollol/events` plus a Prometheus scraper pulling
-`/metrics` every second (a busier scrape than Prometheus' default 15 s). The load goes to
-both at once (the same clients against each, so whatever else the machine runs slows both
-alike; `--one-at-a-time` alternates instead), round after round, streamed and not; the result is
-the median throughput ratio (target: at least 0.95, i.e. under 5% cost) and the CPU time per
-request of each. It also measures in-process what the observers add per request, a figure a
-busy machine cannot blur.
+answers at once: one built with `Gateway(pool, observe=False)` (no observers, no /metrics or
+dashboard), one with everything on (`observe=True`: Prometheus metrics, the dashboard's feed,
+the event log) AND, while it is measured, a live dashboard client on `/api/sollol/events` plus
+a Prometheus scraper pulling `/metrics` every second (a busier scrape than Prometheus' default
+15 s). Each round starts a fresh pair and warms both up; then, per scenario (streamed and not,
+at each concurrency), the gateway benchmark's own load generator loads one and the other in
+turn, in `--slices` short runs each (A B, B A, A B, ...), so a machine whose speed drifts over
+seconds slows both alike. The result is the median over the rounds of the throughput ratio
+(target: at least 0.95, i.e. under 5% cost) and of the CPU time per request of each. `--aa`
+pits two gateways without observability against each other: the same figures when there is
+nothing to find, i.e. how far this machine's noise reaches. It also measures in process what
+the observers add per request, a figure a busy machine cannot blur.
 
-    python benchmarks/observe_overhead.py [--seconds 3] [--rounds 3] [--clients 16,64]
+    python benchmarks/observe_overhead.py [--seconds 4] [--rounds 6] [--slices 8] [--clients 16,64] [--aa]
     nox -s bench_observe
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import subprocess
@@ -30,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gateway import HOST, MODEL, LoadGenerator, cpu_seconds, free_port, load, start_node, stop, wait_http
+from gateway import HOST, MODEL, LoadGenerator, cpu_seconds, free_port, start_node, stop, wait_http
 
 GATEWAY = """
 import asyncio, sys
@@ -111,97 +112,118 @@ def start_watcher(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def measure(
-    port: int, pid: int, clients: int, stream: bool, seconds: float, generator: LoadGenerator | None = None
-) -> dict[str, Any]:
-    """One run against one gateway: in this process, or in `generator`'s (the gateway benchmark's own)."""
-    before = cpu_seconds(pid)
-    if generator is not None:
-        result = generator.run(port, clients, stream, seconds)
-    else:
-        result = asyncio.run(load(port, clients, stream, seconds))
-    result["cpu_ms_per_request"] = (cpu_seconds(pid) - before) / max(result["all_requests"], 1) * 1000
-    return result
+def alternate(
+    sides: Sequence[tuple[int, int]],
+    clients: int,
+    stream: bool,
+    seconds: float,
+    slices: int,
+    generator: LoadGenerator,
+    flip: bool = False,
+) -> list[dict[str, Any]]:
+    """Load each (port, pid) side `seconds` in all, in `slices` short runs taken in turn (A B, B A,
+    A B, ...; B A first when `flip`): a machine whose speed drifts over seconds slows every side
+    alike. Per side: requests, errors, CPU time per request (ms), the median of the runs' p50s."""
+    totals = [{"all_requests": 0, "errors": 0, "cpu": 0.0, "p50s": []} for _ in sides]
+    for index in range(slices):
+        order = list(range(len(sides)))
+        if (index % 2 == 1) != flip:
+            order.reverse()
+        for side in order:
+            port, pid = sides[side]
+            before = cpu_seconds(pid)
+            result = generator.run(port, clients, stream, seconds / slices)
+            total = totals[side]
+            total["cpu"] += cpu_seconds(pid) - before
+            total["all_requests"] += result["all_requests"]
+            total["errors"] += result["errors"]
+            total["p50s"].append(result["p50_ms"])
+    return [
+        {
+            "all_requests": total["all_requests"],
+            "rps": total["all_requests"] / seconds,
+            "errors": total["errors"],
+            "cpu_ms_per_request": total["cpu"] / max(total["all_requests"], 1) * 1000,
+            "p50_ms": statistics.median(total["p50s"]),
+        }
+        for total in totals
+    ]
 
 
-def measure_both(
-    off: tuple[int, int], on: tuple[int, int], clients: int, stream: bool, seconds: float
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Both gateways under the same load at the same time: whatever else runs on the machine slows both alike."""
-    before = (cpu_seconds(off[1]), cpu_seconds(on[1]))
+def run(
+    seconds: float, rounds: int, concurrency: Sequence[int], slices: int = 8, aa: bool = False
+) -> list[dict[str, Any]]:
+    """Round after round, a fresh pair of gateways measured in every scenario; one row per scenario.
 
-    async def both() -> list[dict[str, Any]]:
-        return list(await asyncio.gather(load(off[0], clients, stream, seconds), load(on[0], clients, stream, seconds)))
-
-    plain, observed = asyncio.run(both())
-    plain["cpu_ms_per_request"] = (cpu_seconds(off[1]) - before[0]) / max(plain["all_requests"], 1) * 1000
-    observed["cpu_ms_per_request"] = (cpu_seconds(on[1]) - before[1]) / max(observed["all_requests"], 1) * 1000
-    return plain, observed
-
-
-def run(seconds: float, rounds: int, concurrency: Sequence[int], together: bool = True) -> list[dict[str, Any]]:
-    node_port, off_port, on_port = free_port(), free_port(), free_port()
+    Fresh processes every round: two processes of the same code differ by a few per cent in CPU
+    per request (hash seed, memory layout), so a pair kept for the whole run would carry one such
+    bias into every round. With `aa`, both gateways are without observability: what the same
+    benchmark reports when there is nothing to find.
+    """
+    node_port = free_port()
     node = start_node(node_port)
-    procs: list[subprocess.Popen[bytes]] = [node]
-    rows = []
-    # One at a time, the load comes from the gateway benchmark's own generator (its own process,
-    # uvloop); both at once, from this process (one loop drives both gateways alike).
-    generator = None if together else LoadGenerator()
+    generator = LoadGenerator()  # the gateway benchmark's own: a process of its own, on uvloop
+    scenarios = [(stream, clients) for stream in (False, True) for clients in concurrency]
+    offs: dict[tuple[bool, int], list[dict[str, Any]]] = {key: [] for key in scenarios}
+    ons: dict[tuple[bool, int], list[dict[str, Any]]] = {key: [] for key in scenarios}
     try:
-        off = start_gateway(off_port, node_port, observe=False)
-        procs.append(off)
-        on = start_gateway(on_port, node_port, observe=True)
-        procs.append(on)
-        for stream in (False, True):
-            for clients in concurrency:
-                ratios, offs, ons = [], [], []
-                for index in range(rounds):
-                    watcher = start_watcher(on_port)
-                    try:
-                        if together:
-                            plain, observed = measure_both(
-                                (off_port, off.pid), (on_port, on.pid), clients, stream, seconds
-                            )
-                        elif index % 2 == 0:  # one at a time, in alternating order
-                            plain = measure(off_port, off.pid, clients, stream, seconds, generator)
-                            observed = measure(on_port, on.pid, clients, stream, seconds, generator)
-                        else:
-                            observed = measure(on_port, on.pid, clients, stream, seconds, generator)
-                            plain = measure(off_port, off.pid, clients, stream, seconds, generator)
-                    finally:
-                        stop(watcher)
-                    offs.append(plain)
-                    ons.append(observed)
-                    if plain["rps"] and observed["rps"]:  # a run starved by a busy machine says nothing
-                        ratios.append(observed["rps"] / plain["rps"])
-                row = {
-                    "stream": stream,
-                    "clients": clients,
-                    "rps_off": statistics.median(r["rps"] for r in offs),
-                    "rps_on": statistics.median(r["rps"] for r in ons),
-                    "ratio": statistics.median(ratios) if ratios else float("nan"),
-                    "ratios": ratios,
-                    # Throughput a CPU-bound gateway can reach is 1 / CPU per request: this ratio is
-                    # what the observers cost it, and a busy machine blurs it far less than req/s.
-                    "cpu_ratio": statistics.median(
-                        p["cpu_ms_per_request"] / o["cpu_ms_per_request"]
-                        for p, o in zip(offs, ons, strict=True)
-                        if p["all_requests"] and o["all_requests"]
-                    ),
-                    "cpu_off": statistics.median(r["cpu_ms_per_request"] for r in offs),
-                    "cpu_on": statistics.median(r["cpu_ms_per_request"] for r in ons),
-                    "p50_off": statistics.median(r["p50_ms"] for r in offs),
-                    "p50_on": statistics.median(r["p50_ms"] for r in ons),
-                    "errors": sum(r["errors"] for r in offs + ons),
-                }
-                rows.append(row)
-                print(describe(row), flush=True)
-        return rows
+        for index in range(rounds):
+            off_port, on_port = free_port(), free_port()
+            procs = [start_gateway(off_port, node_port, observe=False)]
+            try:
+                procs.append(start_gateway(on_port, node_port, observe=not aa))
+                off, on = procs
+                for port in (off_port, on_port):  # a fresh gateway's first requests are not measured
+                    for stream in (False, True):
+                        generator.run(port, 16, stream, 0.4)
+                if not aa:
+                    procs.append(start_watcher(on_port))
+                for stream, clients in scenarios:
+                    plain, observed = alternate(
+                        [(off_port, off.pid), (on_port, on.pid)],
+                        clients,
+                        stream,
+                        seconds,
+                        slices,
+                        generator,
+                        index % 2 == 1,
+                    )
+                    offs[stream, clients].append(plain)
+                    ons[stream, clients].append(observed)
+            finally:
+                for proc in reversed(procs):
+                    stop(proc)
+            print(f"round {index + 1}/{rounds} done", flush=True)
     finally:
-        if generator is not None:
-            generator.close()
-        for proc in reversed(procs):
-            stop(proc)
+        generator.close()
+        stop(node)
+    rows = []
+    for stream, clients in scenarios:
+        pairs = [
+            (plain, observed)
+            for plain, observed in zip(offs[stream, clients], ons[stream, clients], strict=True)
+            if plain["all_requests"] and observed["all_requests"]  # a run starved by a busy machine says nothing
+        ]
+        ratios = [observed["rps"] / plain["rps"] for plain, observed in pairs]
+        row = {
+            "stream": stream,
+            "clients": clients,
+            "rps_off": statistics.median(p["rps"] for p, _ in pairs),
+            "rps_on": statistics.median(o["rps"] for _, o in pairs),
+            "ratio": statistics.median(ratios) if ratios else float("nan"),
+            "ratios": ratios,
+            # Throughput a CPU-bound gateway can reach is 1 / CPU per request: this ratio is
+            # what the observers cost it, and a busy machine blurs it far less than req/s.
+            "cpu_ratio": statistics.median(p["cpu_ms_per_request"] / o["cpu_ms_per_request"] for p, o in pairs),
+            "cpu_off": statistics.median(p["cpu_ms_per_request"] for p, _ in pairs),
+            "cpu_on": statistics.median(o["cpu_ms_per_request"] for _, o in pairs),
+            "p50_off": statistics.median(p["p50_ms"] for p, _ in pairs),
+            "p50_on": statistics.median(o["p50_ms"] for _, o in pairs),
+            "errors": sum(p["errors"] + o["errors"] for p, o in zip(offs[stream, clients], ons[stream, clients])),
+        }
+        rows.append(row)
+        print(describe(row), flush=True)
+    return rows
 
 
 def micro(requests: int = 20000, repeats: int = 5) -> dict[str, float]:
@@ -352,8 +374,10 @@ def controls(seconds: float, rounds: int, clients: int) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each side per scenario (alternating)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per side per scenario and round")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="fresh pairs of gateways, each measured in every scenario"
+    )
     parser.add_argument("--clients", default="16,64", help="concurrency levels, comma separated")
     parser.add_argument("--micro-only", action="store_true", help="only the in-process measurement")
     parser.add_argument(
@@ -362,9 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="instead: where the cost sits, CPU per request of each control variant (non-streamed, first --clients)",
     )
     parser.add_argument(
-        "--one-at-a-time",
+        "--slices", type=int, default=8, help="short runs per side that each scenario's seconds are cut into"
+    )
+    parser.add_argument(
+        "--aa",
         action="store_true",
-        help="load one gateway, then the other (default: both at once, so a busy machine slows both alike)",
+        help="both gateways without observability: the benchmark's noise floor",
     )
     args = parser.parse_args(argv)
     if args.controls:
@@ -384,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.micro_only:
         return 0
-    rows = run(args.seconds, args.rounds, [int(c) for c in args.clients.split(",")], not args.one_at_a_time)
+    rows = run(args.seconds, args.rounds, [int(c) for c in args.clients.split(",")], args.slices, args.aa)
     print()
     print(markdown(rows))
     worst = min(row["ratio"] for row in rows)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 from pathlib import Path
 
 import pytest
 
 from sollol.cli import build_parser
-from sollol.cli_serve import PortTaken, bind, client_base, emulator_class
+from sollol.cli_serve import PortTaken, bind, client_base, emulator_class, settle_heap
 from sollol.errors import ConfigError
 from sollol.gateway import GatewayConfig
 
@@ -119,3 +120,15 @@ def test_serve_without_nodes_says_what_to_do(
         monkeypatch.delenv(name, raising=False)
     assert main(["serve", "--port", "0"]) == 2
     assert "--local-llamacpp" in capsys.readouterr().out
+
+
+def test_start_up_objects_leave_the_collectors_full_passes() -> None:
+    built_at_start = [{"n": n} for n in range(10000)]  # stands for the modules, the pool, the app
+    tracked = len(gc.get_objects())
+    frozen = gc.get_freeze_count()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() >= frozen + len(built_at_start)
+        assert len(gc.get_objects()) < tracked - len(built_at_start)  # what a full pass walks
+    finally:
+        gc.unfreeze()
