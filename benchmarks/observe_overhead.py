@@ -35,7 +35,7 @@ from gateway import HOST, MODEL, LoadGenerator, cpu_seconds, free_port, start_no
 
 GATEWAY = """
 import asyncio, sys
-from sollol.cli_serve import bind
+from sollol.cli_serve import bind, settle_heap
 from sollol.gateway import Gateway
 from sollol.gateway.fastserver import serve_gateway
 from sollol.gateway.http1 import LeanTransport
@@ -60,7 +60,7 @@ try:
 except ImportError:
     runner = asyncio.Runner()
 with runner:  # the server `sollol serve` runs by default
-    runner.run(serve_gateway(app, bind("{host}", {port}), stop=asyncio.Event()))
+    runner.run(serve_gateway(app, bind("{host}", {port}), stop=asyncio.Event(), started=settle_heap))
 """
 
 #: The control variants of `--controls`: where the cost of observability sits.
@@ -346,29 +346,31 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def controls(seconds: float, rounds: int, clients: int) -> dict[str, float]:
-    """Gateway CPU per request (ms) of each `CONTROLS` variant, one gateway at a time (so none
-    shares the cores with another), alternating round after round; medians."""
-
+def controls(seconds: float, rounds: int, clients: int, slices: int = 8) -> dict[str, float]:
+    """Gateway CPU per request (ms) of each `CONTROLS` variant, non-streamed: every round a fresh
+    gateway of each, loaded one at a time in alternating short slices (as `run`); medians."""
     node_port = free_port()
-    procs = [start_node(node_port)]
+    node = start_node(node_port)
     generator = LoadGenerator()
     cpu: dict[str, list[float]] = {name: [] for name in CONTROLS}
     try:
-        gateways = {}
-        for name in CONTROLS:
-            port = free_port()
-            proc = start_gateway(port, node_port, name)
-            procs.append(proc)
-            gateways[name] = (port, proc.pid)
         for index in range(rounds):
-            order = list(gateways.items())
-            for name, (port, pid) in order if index % 2 == 0 else order[::-1]:
-                cpu[name].append(generator.cpu_per_request(port, pid, clients, False, seconds))
+            procs, sides = [], []
+            try:
+                for name in CONTROLS:
+                    port = free_port()
+                    procs.append(start_gateway(port, node_port, name))
+                    sides.append((port, procs[-1].pid))
+                    generator.run(port, 16, False, 0.4)  # not measured: a fresh gateway's first requests
+                results = alternate(sides, clients, False, seconds, slices, generator, index % 2 == 1)
+            finally:
+                for proc in reversed(procs):
+                    stop(proc)
+            for name, result in zip(CONTROLS, results, strict=True):
+                cpu[name].append(result["cpu_ms_per_request"])
     finally:
         generator.close()
-        for proc in reversed(procs):
-            stop(proc)
+        stop(node)
     return {name: statistics.median(values) for name, values in cpu.items()}
 
 
@@ -396,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.controls:
         clients = int(args.clients.split(",")[0])
-        medians = controls(args.seconds, args.rounds, clients)
+        medians = controls(args.seconds, args.rounds, clients, args.slices)
         print(f"gateway CPU per request, {clients} clients non-streamed, medians of {args.rounds} rounds:")
         for name, value in medians.items():
             print(f"  {name:8} {value:.4f} ms ({(value - medians['off']) * 1000:+.1f} us)  {CONTROLS[name]}")
