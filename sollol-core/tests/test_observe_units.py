@@ -232,7 +232,8 @@ def test_the_fanout_sees_what_each_observer_sees_alone(caplog: pytest.LogCapture
     assert [r.getMessage() for r in caplog.records] == logged_alone
     assert any("event=request.routed" in m for m in logged_alone)
     assert not any("request.finished" in m for m in logged_alone)  # debug, below the flag
-    assert together.feed.pending and together.metrics.pending  # nothing counted yet: folded when read
+    assert together.feed.backlog is together.metrics.backlog  # one backlog: one append per request
+    assert together.feed.backlog.records  # nothing counted yet: counted when read
     assert together.feed.decisions() == alone[0].decisions()
     assert together.feed.series() == alone[0].series()
     series = together.feed.series()
@@ -244,18 +245,19 @@ def test_the_fanout_sees_what_each_observer_sees_alone(caplog: pytest.LogCapture
     assert 'sollol_circuit_changes_total{node="a",state="opened"} 1.0' in text
     assert 'sollol_requests_queued_total{model="llama3.2"} 1.0' in text
     assert 'sollol_time_to_first_token_seconds_count{model="llama3.2",node="b",protocol="openai"} 1.0' in text
-    assert not together.feed.pending and not together.metrics.pending
+    assert not together.feed.backlog.records
 
 
 def test_pending_records_stay_bounded_and_are_all_counted() -> None:
+    from sollol.observe.context import PENDING_LIMIT
     from sollol.observe.endpoints import Fanout
-    from sollol.observe.metrics import PENDING_LIMIT, PrometheusObserver
+    from sollol.observe.metrics import PrometheusObserver
 
     fanout = Fanout(StatusFeed(clock=lambda: 100.5), PrometheusObserver(NoNodes()), EventLog("off"))
     extra = 10
     for _ in range(PENDING_LIMIT + extra):
         fanout.sollol_activity_event(finished("a", 100.0, 0.1))
-    assert len(fanout.feed.pending) == extra and len(fanout.metrics.pending) == extra
+    assert len(fanout.backlog.records) == extra
     assert fanout.feed.series()["requests"][-1] == PENDING_LIMIT + extra
     text = fanout.metrics.render().decode()
     assert (

@@ -15,7 +15,7 @@ from typing import Any
 
 from sollol.activity import ActivityEvent
 from sollol.gateway.wire import TEXT_TYPE, Receive, Scope, Send, send_body, send_json
-from sollol.observe.context import PENDING_LIMIT, PROTOCOL
+from sollol.observe.context import PROTOCOL, Backlog
 from sollol.observe.dashboard import send_page, stream_status
 from sollol.observe.logs import EVENT_LEVELS, EventLog
 from sollol.observe.status import StatusFeed, conclude, decide, status_document
@@ -35,11 +35,11 @@ PATHS = (METRICS_PATH, DASHBOARD_PATH, NODES_PATH, EVENTS_PATH)
 class Fanout:
     """The gateway's observers behind one `sollol_activity_event` hookimpl.
 
-    Per request it does no more than each observer would alone, minus two hook calls: a
-    routing decision is appended to the feed's bounded deque; a finished or failed request
-    becomes one `(event, protocol)` record appended to the feed's and the metrics' pending
-    lists, folded into series, counters and histograms when they are read. The event log
-    is called only for events at or above its level.
+    Per request it does no more than each observer would alone, and less: one hook call, and a
+    finished or failed request becomes one `(event, protocol)` record in one backlog that the
+    feed and the metrics share (`Backlog`), counted into series, counters, histograms and the
+    last decisions every `PENDING_LIMIT` requests or when read. The event log is called only
+    for events at or above its level.
     """
 
     def __init__(self, feed: StatusFeed, metrics: Any, event_log: EventLog) -> None:
@@ -47,30 +47,20 @@ class Fanout:
         self.metrics = metrics
         self.event_log = event_log
         self._decisions = feed._decisions
-        self._feed_pending = feed.pending
-        self._metrics_pending: list[Any] | None = metrics.pending if metrics is not None else None
+        self.backlog = Backlog(feed.tally, *((metrics.tally,) if metrics is not None else ()))
+        feed.backlog = self.backlog
+        if metrics is not None:
+            metrics.backlog = self.backlog
 
     @hookimpl
     def sollol_activity_event(self, event: ActivityEvent) -> None:
         """Hand `event` to each observer's cheapest path."""
         kind = event.kind
         if kind == "request.finished" or kind == "request.failed":
-            protocol = PROTOCOL.get()
-            record = (event, protocol)
-            pending = self._feed_pending
-            pending.append(record)
             routed = event.data.get("routed")
-            if routed:  # the request's routing decision travels with its end: one event
-                self._decisions.append([event, protocol, event])
-            else:
+            if not routed:  # its decision was announced by `request.routed`: attach the outcome
                 conclude(event)
-            if len(pending) >= PENDING_LIMIT:
-                self.feed.fold()
-            counted = self._metrics_pending
-            if counted is not None:
-                counted.append(record)
-                if len(counted) >= PENDING_LIMIT:
-                    self.metrics.fold()
+            self.backlog.add((event, PROTOCOL.get()))
             log = self.event_log
             level = EVENT_LEVELS[kind]
             if log.level <= (logging.INFO if routed and level < logging.INFO else level):
@@ -87,10 +77,8 @@ class Fanout:
             log.sollol_activity_event(event)
 
     def fold(self) -> None:
-        """Fold every pending record now (what a read does anyway)."""
-        self.feed.fold()
-        if self.metrics is not None:
-            self.metrics.fold()
+        """Count every request in the backlog now (what a read does anyway)."""
+        self.backlog.fold()
 
 
 class Observability:

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from sollol.activity import ActivityEvent
-from sollol.observe.context import PENDING_LIMIT, PROTOCOL
+from sollol.observe.context import PROTOCOL, Backlog
 from sollol.plugins import hookimpl
 
 #: Seconds; from a fast embedding to a long generation.
@@ -119,10 +119,10 @@ class _Histogram:
 class PrometheusObserver:
     """An activity observer that keeps Prometheus metrics of one pool in its own registry.
 
-    Per request it only appends the finished or failed event, with the client protocol, to a
-    pending list (this runs on the pool's loop for every request); the counters and histogram
-    buckets are counted from that list when `/metrics` is scraped (or when it reaches
-    `PENDING_LIMIT`), and the families are built from the counts then. No locks, no
+    Per request it only appends the finished or failed event, with the client protocol, to its
+    `backlog` (this runs on the pool's loop for every request); the counters and histogram
+    buckets are counted from it when `/metrics` is scraped or every `PENDING_LIMIT` requests,
+    and the families are built from the counts then. No locks, no
     prometheus-client objects per event.
     """
 
@@ -135,8 +135,8 @@ class PrometheusObserver:
         self.queued: dict[tuple[str, ...], int] = {}  # (model,)
         self.node_changes: dict[tuple[str, ...], int] = {}  # (node, state)
         self.circuit_changes: dict[tuple[str, ...], int] = {}
-        #: (finished or failed event, protocol) not yet counted
-        self.pending: list[tuple[ActivityEvent, str]] = []
+        #: finished or failed requests not yet counted
+        self.backlog = Backlog(self.tally)
         self.registry.register(PoolCollector(pool))
         self.registry.register(_EventCollector(self))
 
@@ -153,9 +153,7 @@ class PrometheusObserver:
         """Note what happened: requests for later counting, node and circuit changes at once."""
         kind = event.kind
         if kind == "request.finished" or kind == "request.failed":
-            self.pending.append((event, PROTOCOL.get()))
-            if len(self.pending) >= PENDING_LIMIT:
-                self.fold()
+            self.backlog.add((event, PROTOCOL.get()))
         else:
             self.count(event)
 
@@ -173,12 +171,11 @@ class PrometheusObserver:
             self.circuit_changes[change] = self.circuit_changes.get(change, 0) + 1
 
     def fold(self) -> None:
-        """Count the pending finished and failed requests."""
-        pending = self.pending
-        if not pending:
-            return
-        records = pending.copy()
-        pending.clear()
+        """Count every request in the backlog now (what a scrape does anyway)."""
+        self.backlog.fold()
+
+    def tally(self, records: list[tuple[ActivityEvent, str]]) -> None:
+        """Count finished and failed requests."""
         requests, failures, observe = self.requests, self.failures, self._observe
         for event, protocol in records:
             data = event.data

@@ -18,7 +18,7 @@ from typing import Any
 
 from sollol.activity import ActivityEvent
 from sollol.codec import model_key
-from sollol.observe.context import PENDING_LIMIT, PROTOCOL
+from sollol.observe.context import PROTOCOL, Backlog
 from sollol.plugins import hookimpl
 
 #: Version of the document's shape; bumped only for incompatible changes.
@@ -41,11 +41,12 @@ def redact(text: str | None) -> str | None:
 class StatusFeed:
     """Observer: remembers the last routing decisions and per-second request series.
 
-    Per request it only appends: the routing decision to a bounded deque (with the event that
-    ended it attached when that comes), the finished or failed event to a pending list. The
-    per-second series are folded from the pending list when read (`series()`, a dashboard
-    push) or when it reaches `PENDING_LIMIT`. Also wakes whoever waits in `changed()` when a
-    node, circuit or model changes, so the dashboard's event stream can push the change at once.
+    Per request it only appends: a `request.routed` decision to a bounded deque (with the event
+    that ended it attached when that comes), a finished or failed request to its `backlog`. The
+    per-second series, and the decisions that ending events carry (`routed: True`), are counted
+    from the backlog when read (`series()`, `decisions()`, a dashboard push) or every
+    `PENDING_LIMIT` requests. Also wakes whoever waits in `changed()` when a node, circuit or model
+    changes, so the dashboard's event stream can push the change at once.
     """
 
     def __init__(self, *, decisions: int = 40, window: int = 120, clock: Callable[[], float] = time.time) -> None:
@@ -55,8 +56,8 @@ class StatusFeed:
         self._decisions: deque[list[Any]] = deque(maxlen=decisions)
         # [second, requests, errors, latency sum, latency max, ttft sum, ttft count, {node: requests}]
         self._buckets: deque[list[Any]] = deque(maxlen=window)
-        #: (finished or failed event, protocol) not yet in `_buckets`
-        self.pending: list[tuple[ActivityEvent, str]] = []
+        #: finished or failed requests not yet in `_buckets` or `_decisions`
+        self.backlog = Backlog(self.tally)
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
 
@@ -67,27 +68,25 @@ class StatusFeed:
         if kind == "request.routed":
             decide(self._decisions, event, PROTOCOL.get())
         elif kind == "request.finished" or kind == "request.failed":
-            protocol = PROTOCOL.get()
-            self.pending.append((event, protocol))
-            if event.data.get("routed"):
-                decided(self._decisions, event, protocol)
-            else:
+            if not event.data.get("routed"):
                 conclude(event)
-            if len(self.pending) >= PENDING_LIMIT:
-                self.fold()
+            self.backlog.add((event, PROTOCOL.get()))
         elif kind.startswith(_NODE_EVENTS):
             self.notify()
 
     def fold(self) -> None:
-        """Count the pending finished and failed requests into the per-second series."""
-        pending = self.pending
-        if not pending:
-            return
-        records = pending.copy()
-        pending.clear()
+        """Count every request in the backlog now (what a read does anyway)."""
+        self.backlog.fold()
+
+    def tally(self, records: list[tuple[ActivityEvent, str]]) -> None:
+        """Count finished and failed requests into the per-second series; keep the decisions they carry."""
         buckets = self._buckets
+        decisions = self._decisions
         bucket: list[Any] = buckets[-1] if buckets else [None]
-        for event, _protocol in records:
+        for event, protocol in records:
+            data = event.data
+            if data.get("routed"):
+                decisions.append([event, protocol, event])
             second = int(event.at)
             if bucket[0] != second:
                 bucket = [second, 0, 0, 0.0, 0.0, 0.0, 0, {}]
@@ -96,7 +95,6 @@ class StatusFeed:
             if event.kind == "request.failed":
                 bucket[2] += 1
             else:
-                data = event.data
                 latency = data.get("latency")
                 if latency is not None:
                     bucket[3] += latency
@@ -133,8 +131,10 @@ class StatusFeed:
 
     def decisions(self) -> list[dict[str, Any]]:
         """The last routing decisions, newest first, each with a readable `reason`."""
+        self.fold()
         out = []
-        for event, protocol, ended in reversed(self._decisions):
+        # Decisions that ride on their ending event join when counted, so order them by time.
+        for event, protocol, ended in sorted(self._decisions, key=_decided_at, reverse=True):
             data = event.data
             outcome, latency, error = "running", None, None
             if ended is not None:
@@ -211,9 +211,8 @@ def decide(decisions: deque[list[Any]], event: ActivityEvent, protocol: str) -> 
     _DECISION.set(decision)
 
 
-def decided(decisions: deque[list[Any]], event: ActivityEvent, protocol: str) -> None:
-    """Remember a routing decision carried by its own ending event (`routed: True`)."""
-    decisions.append([event, protocol, event])
+def _decided_at(decision: list[Any]) -> float:
+    return float(decision[0].at)
 
 
 def conclude(event: ActivityEvent) -> None:
