@@ -122,8 +122,8 @@ class PrometheusObserver:
     Per request it only appends the finished or failed event, with the client protocol, to its
     `backlog` (this runs on the pool's loop for every request); the counters and histogram
     buckets are counted from it when `/metrics` is scraped or every `PENDING_LIMIT` requests,
-    and the families are built from the counts then. No locks, no
-    prometheus-client objects per event.
+    and the families are built from the counts then. No locks, no prometheus-client objects
+    per event.
     """
 
     def __init__(self, pool: Any, registry: CollectorRegistry | None = None) -> None:
