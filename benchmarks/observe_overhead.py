@@ -415,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     rows = run(args.seconds, args.rounds, [int(c) for c in args.clients.split(",")], args.slices, args.aa)
     print()
+    if args.aa:
+        print("A/A: both gateways WITHOUT observability; every ratio below is this machine's noise\n")
     print(markdown(rows))
     worst = min(row["ratio"] for row in rows)
     cpu = statistics.median(row["cpu_off"] for row in rows)
