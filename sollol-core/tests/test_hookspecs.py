@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from sollol import hookspecs
-from sollol.activity import ActivityEvent
+from sollol.activity import ActivityEvent, RequestRecord
 from sollol.codec import Backend
 from sollol.detection import ProbeSet
 from sollol.discovery import DiscoveryContext
 from sollol.http import HttpResponse
-from sollol.inference import ChatRequest
+from sollol.inference import ChatRequest, Route
 from sollol.node import parse_node
 from sollol.plugins import Plugins
 from sollol.routing import PoolNode
@@ -138,6 +138,17 @@ def check_activity_event(module: types.ModuleType, plugins: Plugins) -> None:
     assert module.EVENTS["request.finished"] == 2
 
 
+def check_activity_batch(module: types.ModuleType, plugins: Plugins) -> None:
+    route = Route(node="a", tried=("a",))
+    served = RequestRecord(
+        kind="request.finished", node="a", model="m", operation="chat", protocol="python", at=1.0,
+        route=route, routed=True, attempt=1, latency=0.1,
+    )  # fmt: skip
+    plugins.deliver([served, ActivityEvent(kind="node.down", node="b"), served._replace(node="b")])
+    plugins.emit(ActivityEvent(kind="request.finished", node="c"))  # an event built elsewhere: not a record
+    assert module.SERVED == {"a": 1, "b": 1}
+
+
 CHECKS: dict[str, Callable[[types.ModuleType, Plugins], Any]] = {
     "sollol_register_backends": check_register_backends,
     "sollol_register_policies": check_register_policies,
@@ -145,6 +156,7 @@ CHECKS: dict[str, Callable[[types.ModuleType, Plugins], Any]] = {
     "sollol_detect": check_detect,
     "sollol_register_discovery_sources": check_register_discovery_sources,
     "sollol_activity_event": check_activity_event,
+    "sollol_activity_batch": check_activity_batch,
 }
 
 

@@ -281,10 +281,10 @@ def test_dashboard_page_is_self_contained(cluster: Cluster) -> None:
 def test_observers_go_away_with_the_gateway(loopback_servers: LoopbackServers) -> None:
     nodes = list(cluster_nodes(loopback_servers, toy("a")))
     plugins = toy_plugins()
-    hooks = plugins.pm.hook.sollol_activity_event
+    hooks = plugins.pm.hook.sollol_activity_batch
     before = len(hooks.get_hookimpls())
     gateway = Gateway(AsyncPool(nodes, plugins=plugins, health_interval=0))
-    assert len(hooks.get_hookimpls()) == before + 1  # metrics, dashboard feed and event log behind one Fanout
+    assert len(hooks.get_hookimpls()) == before + 3  # metrics, dashboard feed and event log
     loopback_servers._call(gateway.aclose())
     assert len(hooks.get_hookimpls()) == before
     plain = Gateway(AsyncPool(nodes, plugins=plugins, health_interval=0), observe=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sollol.activity import ActivityEvent
+from sollol.activity import ActivityEvent, RequestRecord
 from sollol.errors import ConfigError
 from sollol.observe import PROTOCOL, EventLog, StatusFeed, node_status, redact, status_document
 from sollol.observe.logs import logfmt, parse_level
@@ -42,12 +42,12 @@ def finished(node: str, at: float, latency: float, ttft: float | None = None) ->
 def test_feed_pairs_decisions_with_their_outcome_and_reasons() -> None:
     feed = StatusFeed()
     token = PROTOCOL.set("openai")
-    feed.sollol_activity_event(routed("a", 100.0))
-    feed.sollol_activity_event(
+    feed.take(routed("a", 100.0))
+    feed.take(
         ActivityEvent(kind="request.failed", node="a", model="llama3.2", at=100.1, data={"reason": "HTTP 500: boom"})
     )
-    feed.sollol_activity_event(routed("b", 100.2, attempt=2, tried=("a",)))
-    feed.sollol_activity_event(finished("b", 100.3, 0.25))
+    feed.take(routed("b", 100.2, attempt=2, tried=("a",)))
+    feed.take(finished("b", 100.3, 0.25))
     newest, oldest = feed.decisions()
     assert (oldest["node"], oldest["outcome"], oldest["error"]) == ("a", "error", "HTTP 500: boom")
     assert (newest["node"], newest["outcome"], newest["latency"]) == ("b", "ok", 0.25)
@@ -59,8 +59,8 @@ def test_feed_pairs_decisions_with_their_outcome_and_reasons() -> None:
 def test_feed_keeps_per_second_series_over_a_window() -> None:
     feed = StatusFeed(window=5, clock=lambda: 104.9)
     for at, node, latency in ((100.1, "a", 0.1), (100.5, "b", 0.3), (102.0, "a", 0.2)):
-        feed.sollol_activity_event(finished(node, at, latency, ttft=0.05))
-    feed.sollol_activity_event(ActivityEvent(kind="request.failed", node="a", at=104.2))
+        feed.take(finished(node, at, latency, ttft=0.05))
+    feed.take(ActivityEvent(kind="request.failed", node="a", at=104.2))
     series = feed.series()
     assert series["start"] == 100 and series["requests"] == [2, 0, 1, 0, 1]
     assert series["errors"] == [0, 0, 0, 0, 1]
@@ -69,7 +69,7 @@ def test_feed_keeps_per_second_series_over_a_window() -> None:
     assert series["ttft_avg"][2] == pytest.approx(0.05)
     assert series["requests_by_node"] == {"a": [1, 0, 1, 0, 1], "b": [1, 0, 0, 0, 0]}
     later = StatusFeed(window=5, clock=lambda: 200.0)
-    later.sollol_activity_event(finished("a", 100.0, 0.1))
+    later.take(finished("a", 100.0, 0.1))
     assert later.series()["requests"] == [0] * 5  # out of the window
 
 
@@ -78,9 +78,9 @@ def test_feed_wakes_waiters_on_node_changes_only() -> None:
         feed = StatusFeed()
         first = feed.changed()
         assert feed.changed() is first  # shared by every stream
-        feed.sollol_activity_event(finished("a", 1.0, 0.1))
+        feed.take(finished("a", 1.0, 0.1))
         assert not first.done()
-        feed.sollol_activity_event(ActivityEvent(kind="node.down", node="a"))
+        feed.take(ActivityEvent(kind="node.down", node="a"))
         assert first.done()
         second = feed.changed()
         assert second is not first
@@ -148,11 +148,9 @@ def test_event_log_levels_and_structure(caplog: pytest.LogCaptureFixture) -> Non
     log = EventLog("info")
     caplog.set_level(logging.DEBUG, logger="sollol.events")
     token = PROTOCOL.set("ollama")
-    log.sollol_activity_event(routed("a", 1.0))
-    log.sollol_activity_event(finished("a", 1.1, 0.1))  # debug: below the flag
-    log.sollol_activity_event(
-        ActivityEvent(kind="node.down", node="b", data={"reason": "refused (Bearer sk-live-1)", "previous": "up"})
-    )
+    log.take(routed("a", 1.0))
+    log.take(finished("a", 1.1, 0.1))  # debug: below the flag
+    log.take(ActivityEvent(kind="node.down", node="b", data={"reason": "refused (Bearer sk-live-1)", "previous": "up"}))
     PROTOCOL.reset(token)
     records = [r for r in caplog.records if r.name == "sollol.events"]
     assert [r.levelno for r in records] == [logging.INFO, logging.WARNING]
@@ -162,8 +160,8 @@ def test_event_log_levels_and_structure(caplog: pytest.LogCaptureFixture) -> Non
     assert records[0].sollol_event["policy"] == "least_loaded"  # type: ignore[attr-defined]
     assert "sk-live-1" not in records[1].getMessage()
     caplog.clear()
-    EventLog("warning").sollol_activity_event(routed("a", 1.0))
-    EventLog("off").sollol_activity_event(ActivityEvent(kind="node.down", node="b"))
+    EventLog("warning").take(routed("a", 1.0))
+    EventLog("off").take(ActivityEvent(kind="node.down", node="b"))
     assert [r for r in caplog.records if r.name == "sollol.events"] == []
 
 
@@ -171,7 +169,7 @@ def test_event_log_json_lines_and_level_parsing(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="sollol.events")
-    EventLog("debug", json_lines=True).sollol_activity_event(finished("a", 1.0, 0.5))
+    EventLog("debug", json_lines=True).take(finished("a", 1.0, 0.5))
     (record,) = [r for r in caplog.records if r.name == "sollol.events"]
     assert json.loads(record.getMessage())["latency"] == 0.5
     monkeypatch.setenv("SOLLOL_EVENT_LOG", "error")
@@ -213,54 +211,92 @@ def a_session() -> list[ActivityEvent]:
     ]
 
 
-def test_the_fanout_sees_what_each_observer_sees_alone(caplog: pytest.LogCaptureFixture) -> None:
-    from sollol.observe.endpoints import Fanout
+def test_a_batch_counts_as_its_events_one_by_one_and_records_as_events(caplog: pytest.LogCaptureFixture) -> None:
     from sollol.observe.metrics import PrometheusObserver
 
+    def observers() -> tuple[StatusFeed, PrometheusObserver, EventLog]:
+        return StatusFeed(clock=lambda: 102.5), PrometheusObserver(NoNodes()), EventLog("info")
+
+    def records(events: list[ActivityEvent]) -> list[Any]:  # as the pool notes request attempts
+        kinds = ("request.routed", "request.finished", "request.failed")
+        return [RequestRecord.from_event(e) if e.kind in kinds else e for e in events]
+
     caplog.set_level(logging.DEBUG, logger="sollol.events")
-    alone = (StatusFeed(clock=lambda: 102.5), PrometheusObserver(NoNodes()), EventLog("info"))
-    together = Fanout(StatusFeed(clock=lambda: 102.5), PrometheusObserver(NoNodes()), EventLog("info"))
     token = PROTOCOL.set("openai")
-    for event in a_session():
-        for observer in alone:
-            observer.sollol_activity_event(event)
-    logged_alone = [r.getMessage() for r in caplog.records]
-    caplog.clear()
-    for event in a_session():
-        together.sollol_activity_event(event)
+    runs = []
+    for deliver in ("one by one", "one batch", "records"):
+        caplog.clear()
+        feed, metrics, _ = observed = observers()
+        if deliver == "one by one":
+            for event in a_session():
+                for observer in observed:
+                    observer.take(event)
+        else:
+            batch = a_session() if deliver == "one batch" else records(a_session())
+            for observer in observed:
+                observer.sollol_activity_batch(batch)
+        logged = [r.getMessage() for r in caplog.records]
+        runs.append((feed.decisions(), feed.series(), metrics.render().decode(), logged))
     PROTOCOL.reset(token)
-    assert [r.getMessage() for r in caplog.records] == logged_alone
-    assert any("event=request.routed" in m for m in logged_alone)
-    assert not any("request.finished" in m for m in logged_alone)  # debug, below the flag
-    assert together.feed.backlog is together.metrics.backlog  # one backlog: one append per request
-    assert together.feed.backlog.records  # nothing counted yet: counted when read
-    assert together.feed.decisions() == alone[0].decisions()
-    assert together.feed.series() == alone[0].series()
-    series = together.feed.series()
+    assert runs[0] == runs[1]
+    assert runs[2][:3] == runs[0][:3]
+    # a record's event lists its fields in the pool's order: the same records are logged
+    assert [m.split()[:4] for m in runs[2][3]] == [m.split()[:4] for m in runs[0][3]]
+    decisions, series, text, logged = runs[0]
+    assert any("event=request.routed" in m for m in logged)
+    assert not any("request.finished" in m for m in logged)  # debug, below the flag
+    assert [d["outcome"] for d in decisions] == ["ok", "ok", "error"]
     assert series["requests"][-3:] == [2, 1, 0] and series["errors"][-3:] == [1, 0, 0]
-    text = together.metrics.render().decode()
-    assert text == alone[1].render().decode()
     assert 'sollol_requests_total{model="llama3.2",node="b",operation="",outcome="ok",protocol="openai"} 2.0' in text
     assert 'outcome="error",protocol="openai"} 1.0' in text
     assert 'sollol_circuit_changes_total{node="a",state="opened"} 1.0' in text
     assert 'sollol_requests_queued_total{model="llama3.2"} 1.0' in text
     assert 'sollol_time_to_first_token_seconds_count{model="llama3.2",node="b",protocol="openai"} 1.0' in text
-    assert not together.feed.backlog.records
 
 
-def test_pending_records_stay_bounded_and_are_all_counted() -> None:
-    from sollol.observe.context import PENDING_LIMIT
-    from sollol.observe.endpoints import Fanout
+def test_counting_a_mixed_batch_at_once_matches_counting_it_record_by_record() -> None:
+    import random
+
+    from sollol.inference import Route
     from sollol.observe.metrics import PrometheusObserver
 
-    fanout = Fanout(StatusFeed(clock=lambda: 100.5), PrometheusObserver(NoNodes()), EventLog("off"))
-    extra = 10
-    for _ in range(PENDING_LIMIT + extra):
-        fanout.sollol_activity_event(finished("a", 100.0, 0.1))
-    assert len(fanout.backlog.records) == extra
-    assert fanout.feed.series()["requests"][-1] == PENDING_LIMIT + extra
-    text = fanout.metrics.render().decode()
-    assert (
-        f'sollol_request_duration_seconds_count{{model="llama3.2",node="a",protocol="python"}} {PENDING_LIMIT + extra}.0'
-        in text
-    )
+    rng = random.Random(7)
+    records = [
+        RequestRecord(
+            kind=rng.choice(["request.finished"] * 4 + ["request.failed"]),
+            node=rng.choice("ab"),
+            model=rng.choice(["m1", "m2"]),
+            operation="chat",
+            protocol=rng.choice(["ollama", "openai"]),
+            at=100.0 + index / 10,  # spans several seconds
+            route=Route(node="a"),
+            routed=True,
+            attempt=1,
+            latency=rng.choice([None, rng.uniform(0.001, 3.0)]),
+            ttft=rng.choice([None, rng.uniform(0.0005, 0.5)]),
+            error="BackendError",
+        )
+        for index in range(60)
+    ]
+    whole, single = PrometheusObserver(NoNodes()), PrometheusObserver(NoNodes())
+    feed_whole, feed_single = StatusFeed(clock=lambda: 106.5), StatusFeed(clock=lambda: 106.5)
+    whole.sollol_activity_batch(records)
+    feed_whole.sollol_activity_batch(records)
+    for record in records:
+        single.take(record)
+        feed_single.take(record)
+    def samples(observer: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = observer.render().decode()
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+        return found
+
+    counted, expected = samples(whole), samples(single)
+    assert counted.keys() == expected.keys()
+    assert counted == {key: pytest.approx(value) for key, value in expected.items()}  # sums: float order
+    assert feed_whole.series() == feed_single.series() and feed_whole.decisions() == feed_single.decisions()
+    assert sum(feed_whole.series()["requests"]) == 60

@@ -11,7 +11,8 @@ import pytest
 from routing_support import Recorder, cluster_nodes, toy, toy_plugins
 
 from sollol import hookimpl
-from sollol.activity import Activity, LoadedModel, ModelInfo
+from sollol import pool as pool_module
+from sollol.activity import Activity, ActivityEvent, LoadedModel, ModelInfo, RequestRecord
 from sollol.errors import ConfigError, NoNodeForModelError
 from sollol.inference import ChatRequest, EmbedRequest, GenerateRequest, Request
 from sollol.node import Node
@@ -360,13 +361,68 @@ def test_route_explains_the_choice_and_events_carry_it(loopback_servers: Any) ->
             assert route.policy == "sollol" and route.score is not None
             assert {"cold", "service", "wait", "affinity", "load"} <= dict(route.parts).keys()
             assert route.node in route.explain() and "service=" in route.explain()
+            # Observers get the pool's activity within DELIVERY_DELAY, in batches.
+            assert not recorder.kinds("request.finished")
+            await asyncio.sleep(pool_module.DELIVERY_DELAY * 2)
             assert not recorder.kinds("request.routed")  # a plain first attempt: the decision rides on finished
             finished = recorder.kinds("request.finished")[-1]
             assert finished.node == route.node and finished.data["routed"] is True
             assert finished.data["parts"] == route.parts and "service" in dict(finished.data["parts"])
             assert finished.data["attempts"] == 1 and finished.data["tried"] == (route.node,)
+            assert finished.data["protocol"] == "python"  # a library call; the gateway labels its own
 
     run(main())
+
+
+class Batches:
+    """A batch observer that keeps each batch it gets."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    @hookimpl
+    def sollol_activity_batch(self, batch: Any) -> None:
+        self.batches.append(list(batch))
+
+    def kinds(self) -> list[str]:
+        return [entry.kind for batch in self.batches for entry in batch]
+
+
+def test_activity_is_delivered_in_order_in_batches_within_the_delay_or_at_the_limit() -> None:
+    batches = Batches()
+    recorder = Recorder()
+
+    async def main() -> None:
+        pool = AsyncPool(["127.0.0.1:9"], backend="ollama", plugins=toy_plugins(batches, recorder))
+        pool._loop = asyncio.get_running_loop()  # as `start` sets it
+        limit = pool_module.JOURNAL_LIMIT
+        for index in range(limit + 5):
+            pool._note(ActivityEvent(kind="node.up", node=str(index)))
+        assert [len(b) for b in batches.batches] == [limit]  # a busy moment: delivered at the limit
+        await asyncio.sleep(0)
+        assert [len(b) for b in batches.batches] == [limit]  # the rest waits for the delay
+        await asyncio.sleep(pool_module.DELIVERY_DELAY * 2)
+        assert [len(b) for b in batches.batches] == [limit, 5]
+        assert [e.node for b in batches.batches for e in b] == [str(i) for i in range(limit + 5)]
+        assert [e.node for e in recorder.events] == [str(i) for i in range(limit + 5)]  # one by one, same order
+        pool._note(ActivityEvent(kind="node.down", node="x"))
+        pool.deliver_activity()  # at once, for a reader that must see everything
+        assert batches.batches[-1][0].node == "x" and recorder.events[-1].node == "x"
+
+    run(main())
+
+
+def test_the_sync_pool_delivers_activity_before_a_call_returns(loopback_servers: Any) -> None:
+    from sollol import Pool
+
+    nodes = list(cluster_nodes(loopback_servers, toy("a")))
+    batches = Batches()
+    with Pool(nodes, plugins=toy_plugins(batches), health_interval=0) as pool:
+        batches.batches.clear()
+        pool.chat("llama3.2", HI)
+        (record,) = [entry for batch in batches.batches for entry in batch]
+        assert type(record) is RequestRecord and record.kind == "request.finished" and record.node == "a"
+        assert record.routed and record.route.tried == ("a",) and record.latency is not None
 
 
 def test_priority_is_not_forwarded_to_backends(loopback_servers: Any) -> None:

@@ -1,14 +1,20 @@
-"""What a node has and is doing, in one shape for every backend, and the events observers get."""
+"""What a node has and is doing, in one shape for every backend, and what observers get.
+
+Observers get `ActivityEvent`s (every kind), or, through the batch hook, the pool's own notes
+of each request attempt (`RequestRecord`, a tuple that costs a fraction of an event to build)
+with the other kinds of event between them, in order: see `sollol.hookspecs`.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, NamedTuple
 
 import attrs
 
-from sollol.inference import _mapping
+from sollol.inference import Route, _mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -54,6 +60,9 @@ class Activity:
         return None if self.loaded is None else frozenset(m.name for m in self.loaded)
 
 
+#: The client protocol of the request being served ("ollama", "openai"; "python" outside the gateway).
+PROTOCOL: ContextVar[str] = ContextVar("sollol_protocol", default="python")
+
 _now = time.time
 
 
@@ -61,9 +70,9 @@ _now = time.time
 class ActivityEvent:
     """Something happened in the pool. `kind` is one of the names in `EVENT_KINDS`.
 
-    Built for every request while observers exist, so its `__init__` is written out (attrs'
-    generated one costs half as much again): a plain `dict` given as `data` is kept as it is (the
-    event owns it from then on), any other mapping is copied; `at` defaults to now.
+    Its `__init__` is written out (attrs' generated one costs half as much again): a plain `dict`
+    given as `data` is kept as it is (the event owns it from then on), any other mapping is
+    copied; `at` defaults to now.
     """
 
     kind: str
@@ -118,3 +127,99 @@ EVENT_KINDS = frozenset(
         "request.queued",
     }
 )
+
+
+_NO_ROUTE = Route(node="")
+
+
+class RequestRecord(NamedTuple):
+    """One attempt of a request, as the pool notes it: routed, finished or failed.
+
+    The pool notes one per event while observers listen, built as a plain tuple (about a fifth
+    of what an `ActivityEvent` with its dict costs). Observers of the batch hook read its fields;
+    `event()` is the `ActivityEvent` that observers of `sollol_activity_event` get.
+    """
+
+    kind: str  # "request.routed", "request.finished" or "request.failed"
+    node: str
+    model: str
+    operation: str
+    protocol: str  # the client's: "ollama", "openai", or "python" outside the gateway
+    at: float
+    route: Route  # the attempt's routing decision
+    routed: bool  # the record carries that decision (a routed one, or an attempt not announced)
+    attempt: int
+    latency: float | None = None  # finished: seconds from dispatch to the last byte
+    ttft: float | None = None  # finished: seconds to the first chunk (streams)
+    chunks: int = 0  # finished: chunks streamed
+    cold_load: float = 0.0  # finished: seconds the node spent loading the model
+    error: str | None = None  # failed: the error's type name
+    reason: str | None = None  # failed: its message
+    retry: bool | None = None  # failed: whether another node may be tried
+
+    def event(self) -> ActivityEvent:
+        """The same attempt as an `ActivityEvent` (its fields in `data`, as docs/plugin-hooks.md lists)."""
+        route = self.route
+        kind = self.kind
+        data: dict[str, Any] = {"operation": self.operation, "protocol": self.protocol}
+        if kind == "request.finished":
+            data.update(
+                latency=self.latency,
+                ttft=self.ttft,
+                chunks=self.chunks,
+                attempts=self.attempt,
+                queued=route.queued,
+                cold_load=self.cold_load,
+            )
+        elif kind == "request.failed":
+            data.update(reason=self.reason, attempt=self.attempt, retry=self.retry, error=self.error)
+        if self.routed:
+            if kind != "request.routed":
+                data["routed"] = True
+            data.update(
+                policy=route.policy,
+                score=route.score,
+                parts=route.parts,
+                attempt=self.attempt,
+                tried=route.tried,
+                queued=route.queued,
+            )
+        return ActivityEvent(kind=kind, node=self.node, model=self.model, data=data, at=self.at)
+
+    @classmethod
+    def from_event(cls, event: ActivityEvent) -> RequestRecord:
+        """A `request.*` event built elsewhere (a test, another pool), as a record.
+
+        Its protocol is the event's `protocol`, else the current `PROTOCOL`."""
+        data = event.data
+        kind = event.kind
+        routed = kind == "request.routed" or bool(data.get("routed"))
+        route = _NO_ROUTE
+        if routed:
+            parts = data.get("parts") or ()
+            route = Route(
+                node=event.node or "",
+                tried=tuple(data.get("tried") or ()),
+                policy=str(data.get("policy") or ""),
+                score=data.get("score"),
+                parts=tuple(parts.items()) if isinstance(parts, Mapping) else tuple(parts),
+                queued=float(data.get("queued") or 0.0),
+            )
+        return cls(
+            kind=kind,
+            node=event.node or "",
+            model=event.model or "",
+            operation=str(data.get("operation") or ""),
+            protocol=str(data.get("protocol") or PROTOCOL.get()),
+            at=event.at,
+            route=route,
+            routed=routed,
+            attempt=int(data.get("attempt") or data.get("attempts") or 1),
+            latency=data.get("latency"),
+            ttft=data.get("ttft"),
+            chunks=int(data.get("chunks") or 0),
+            cold_load=float(data.get("cold_load") or 0.0),
+            error=data.get("error"),
+            reason=data.get("reason"),
+            retry=data.get("retry"),
+        )

@@ -20,7 +20,7 @@ import pluggy
 from stevedore import ExtensionManager
 
 from sollol import hookspecs
-from sollol.activity import ActivityEvent
+from sollol.activity import ActivityEvent, RequestRecord
 from sollol.codec import Backend
 from sollol.detection import Detection, ProbeSet, probe_key
 from sollol.errors import DuplicateBackendError, PluginError
@@ -89,7 +89,10 @@ class Plugins:
         self.policies: dict[str, Callable[..., Any]] = {}
         self.sources: dict[str, Any] = {}
         self._probes: tuple[HttpRequest, ...] | None = None
-        self._observers: tuple[tuple[Callable[..., Any], str], ...] | None = None  # emit's cache
+        #: (function, plugin name, takes batches) of every activity observer, batch ones first:
+        #: listed once (`deliver` runs for every pass of a busy pool), again on `add_observer`
+        #: and `remove_observer`
+        self.observers = self._list_observers()
         provided = self._collect()
         self.infos = tuple(
             attrs.evolve(
@@ -268,41 +271,56 @@ class Plugins:
         claims.sort(key=lambda d: -d.confidence)
         return claims
 
-    def _observer_functions(self) -> tuple[tuple[Callable[..., Any], str], ...]:
-        observers = self._observers
-        if observers is None:
-            impls = self.pm.hook.sollol_activity_event.get_hookimpls()
-            observers = self._observers = tuple((impl.function, impl.plugin_name) for impl in impls)
-        return observers
+    def _list_observers(self) -> tuple[tuple[Callable[..., Any], str, bool], ...]:
+        hook = self.pm.hook
+        return tuple(
+            [(impl.function, impl.plugin_name, True) for impl in hook.sollol_activity_batch.get_hookimpls()]
+            + [(impl.function, impl.plugin_name, False) for impl in hook.sollol_activity_event.get_hookimpls()]
+        )
 
     @property
     def observed(self) -> bool:
-        """True when some observer listens: events need not be built otherwise."""
-        return bool(self._observer_functions())
+        """True when some observer listens: nothing need be noted otherwise."""
+        return bool(self.observers)
 
     def emit(self, event: ActivityEvent) -> None:
-        """Tell every observer about `event`; an observer that raises is logged and skipped.
+        """Tell every observer about `event` now (a batch of one)."""
+        self.deliver([event])
 
-        The observers' functions are listed once and the list kept until `add_observer` or
-        `remove_observer` changes it (this runs for every request); register observers after
-        loading through those two, not on `pm` directly.
+    def deliver(self, batch: Sequence[RequestRecord | ActivityEvent]) -> None:
+        """Hand `batch` to every observer; one that raises is logged and skipped.
+
+        Observers of `sollol_activity_batch` get it whole; those of `sollol_activity_event` get
+        each entry as an `ActivityEvent` (records turned into events once, for all of them).
+        Observers registered after loading must come through `add_observer`, not `pm.register`
+        (the list of observers is kept).
         """
-        for function, name in self._observer_functions():
-            try:
-                function(event=event)
-            except Exception:
-                log.exception("activity observer %s raised on %s", name, event.kind)
+        events: list[ActivityEvent] | None = None
+        for function, name, batched in self.observers:
+            if batched:
+                try:
+                    function(batch=batch)
+                except Exception:
+                    log.exception("activity observer %s raised on a batch of %d", name, len(batch))
+                continue
+            if events is None:
+                events = [e if type(e) is ActivityEvent else e.event() for e in batch]  # type: ignore[union-attr]
+            for event in events:
+                try:
+                    function(event=event)
+                except Exception:
+                    log.exception("activity observer %s raised on %s", name, event.kind)
 
     def add_observer(self, observer: object, name: str | None = None) -> None:
-        """Register an object with a `sollol_activity_event` hook at run time."""
-        self._observers = None
+        """Register an object with a `sollol_activity_event` or `sollol_activity_batch` hook at run time."""
         self.pm.register(observer, name=name)
         self.pm.check_pending()
+        self.observers = self._list_observers()
 
     def remove_observer(self, observer: object) -> None:
         """Undo `add_observer`."""
-        self._observers = None
         self.pm.unregister(observer)
+        self.observers = self._list_observers()
 
     def as_json(self) -> Mapping[str, Any]:
         """Installed plugins and failures, for `sollol plugins --json`."""

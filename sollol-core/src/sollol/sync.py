@@ -55,7 +55,14 @@ class Pool:
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         loop = self._ensure_loop()
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        return asyncio.run_coroutine_threadsafe(self._delivered(coro), loop).result()
+
+    async def _delivered(self, coro: Coroutine[Any, Any, T]) -> T:
+        """`coro`'s result, once the observers have what it did (a caller may look at once)."""
+        try:
+            return await coro
+        finally:
+            self._pool.deliver_activity()
 
     def close(self) -> None:
         """Stop the pool and its thread."""

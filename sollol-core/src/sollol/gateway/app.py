@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from sollol.activity import ModelInfo
+from sollol.activity import PROTOCOL, ModelInfo
 from sollol.codec import model_key
 from sollol.detection import NodeState
 from sollol.errors import SollolError
@@ -49,7 +49,6 @@ from sollol.gateway.wire import (
 )
 from sollol.http import HttpRequest
 from sollol.inference import ChatRequest, Chunk, GenerateRequest
-from sollol.observe.context import PROTOCOL
 from sollol.pool import AsyncPool
 
 log = logging.getLogger(__name__)
@@ -181,7 +180,7 @@ class Gateway:
             body = parse_object(await read_body(receive, length, self.max_body)) if route.reads_body else None
             if self.observe is None:
                 await handler(scope, receive, send, body)
-            else:  # observers label requests by the client's protocol (sollol.observe.context)
+            else:  # observers label requests by the client's protocol (sollol.activity.PROTOCOL)
                 token = PROTOCOL.set("openai" if route.openai else "ollama")
                 try:
                     await handler(scope, receive, send, body)

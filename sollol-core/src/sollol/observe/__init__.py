@@ -9,13 +9,13 @@ app = Gateway(AsyncPool(["127.0.0.1:11435", "127.0.0.1:8000"]))
 # /metrics, /dashboard, /api/sollol/nodes and /api/sollol/events are on by default
 ```
 
-Every observer here subscribes through the `sollol_activity_event` hook
+Every observer here subscribes through the `sollol_activity_batch` hook
 (`Plugins.add_observer`), the same way a third-party plugin would.
 """
 
 from __future__ import annotations
 
-from sollol.observe.context import PROTOCOL
+from sollol.activity import PROTOCOL
 from sollol.observe.endpoints import PATHS, Observability, mount
 from sollol.observe.logs import EventLog
 from sollol.observe.status import StatusFeed, node_status, redact, status_document

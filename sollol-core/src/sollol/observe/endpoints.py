@@ -1,9 +1,9 @@
 """Observability on the gateway: `/metrics`, `/dashboard`, `/api/sollol/nodes`, `/api/sollol/events`.
 
 `mount(gateway)` subscribes the observers (metrics, the dashboard's feed, the event log)
-through the pool's `sollol_activity_event` hook, exactly as a third-party plugin would (as
-one `Fanout`: one hook call per event, not three), and adds the four routes to the gateway's
-table; they sit behind the gateway's API keys like every other route.
+through the pool's `sollol_activity_batch` hook, exactly as a third-party plugin would, and
+adds the four routes to the gateway's table; they sit behind the gateway's API keys like every
+other route.
 `Observability.close()` unsubscribes.
 """
 
@@ -13,13 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sollol.activity import ActivityEvent
 from sollol.gateway.wire import TEXT_TYPE, Receive, Scope, Send, send_body, send_json
-from sollol.observe.context import PROTOCOL, Backlog
 from sollol.observe.dashboard import send_page, stream_status
-from sollol.observe.logs import EVENT_LEVELS, EventLog
-from sollol.observe.status import StatusFeed, conclude, decide, status_document
-from sollol.plugins import hookimpl
+from sollol.observe.logs import EventLog
+from sollol.observe.status import StatusFeed, status_document
 
 log = logging.getLogger(__name__)
 
@@ -30,55 +27,6 @@ DASHBOARD_PATH = "/dashboard"
 NODES_PATH = "/api/sollol/nodes"
 EVENTS_PATH = "/api/sollol/events"
 PATHS = (METRICS_PATH, DASHBOARD_PATH, NODES_PATH, EVENTS_PATH)
-
-
-class Fanout:
-    """The gateway's observers behind one `sollol_activity_event` hookimpl.
-
-    Per request it does no more than each observer would alone, and less: one hook call, and a
-    finished or failed request becomes one `(event, protocol)` record in one backlog that the
-    feed and the metrics share (`Backlog`), counted into series, counters, histograms and the
-    last decisions every `PENDING_LIMIT` requests or when read. The event log is called only
-    for events at or above its level.
-    """
-
-    def __init__(self, feed: StatusFeed, metrics: Any, event_log: EventLog) -> None:
-        self.feed = feed
-        self.metrics = metrics
-        self.event_log = event_log
-        self._decisions = feed._decisions
-        self.backlog = Backlog(feed.tally, *((metrics.tally,) if metrics is not None else ()))
-        feed.backlog = self.backlog
-        if metrics is not None:
-            metrics.backlog = self.backlog
-
-    @hookimpl
-    def sollol_activity_event(self, event: ActivityEvent) -> None:
-        """Hand `event` to each observer's cheapest path."""
-        kind = event.kind
-        if kind == "request.finished" or kind == "request.failed":
-            routed = event.data.get("routed")
-            if not routed:  # its decision was announced by `request.routed`: attach the outcome
-                conclude(event)
-            self.backlog.add((event, PROTOCOL.get()))
-            log = self.event_log
-            level = EVENT_LEVELS[kind]
-            if log.level <= (logging.INFO if routed and level < logging.INFO else level):
-                log.sollol_activity_event(event)
-            return
-        if kind == "request.routed":
-            decide(self._decisions, event, PROTOCOL.get())
-        else:
-            self.feed.sollol_activity_event(event)
-            if self.metrics is not None:
-                self.metrics.count(event)
-        log = self.event_log
-        if EVENT_LEVELS.get(kind, logging.INFO) >= log.level:
-            log.sollol_activity_event(event)
-
-    def fold(self) -> None:
-        """Count every request in the backlog now (what a read does anyway)."""
-        self.backlog.fold()
 
 
 class Observability:
@@ -96,8 +44,11 @@ class Observability:
             else:
                 self.metrics = PrometheusObserver(pool)
         self.event_log = EventLog(event_log)
-        self.fanout = Fanout(self.feed, self.metrics, self.event_log)
-        self.observers: list[object] = [self.fanout]
+        self.observers: list[object] = [
+            self.feed,
+            *([self.metrics] if self.metrics is not None else []),
+            self.event_log,
+        ]
         self._plugins = getattr(pool, "plugins", None)  # a stand-in pool may have none
         if self._plugins is not None:
             for observer in self.observers:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
-from sollol.activity import ActivityEvent
+from sollol.activity import PROTOCOL, ActivityEvent, RequestRecord
 from sollol.errors import ConfigError
-from sollol.observe.context import PROTOCOL
 from sollol.observe.status import redact
 from sollol.plugins import hookimpl
 
@@ -42,6 +42,8 @@ EVENT_LEVELS: Mapping[str, int] = {
     "request.failed": logging.WARNING,
     "request.finished": logging.DEBUG,
 }
+
+_kind = attrgetter("kind")  # of an event or a record, in C
 
 _NAMES = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR, "off": OFF}
 
@@ -97,19 +99,46 @@ class EventLog:
             # The flag decides what is logged, whatever the root logger's level is.
             self.logger.setLevel(self.level)
         self.json_lines = json_lines
+        #: kinds logged at this level (above INFO a request's routing decision is never among them)
+        self._loud = frozenset(kind for kind, level in EVENT_LEVELS.items() if level >= self.level)
 
     @hookimpl
-    def sollol_activity_event(self, event: ActivityEvent) -> None:
-        """Log one event when its level is at or above the flag."""
-        level = EVENT_LEVELS.get(event.kind, logging.INFO)
-        if level < logging.INFO and event.data.get("routed"):
-            level = logging.INFO  # a request.finished that carries its routing decision
-        if level < self.level or not self.logger.isEnabledFor(level):
+    def sollol_activity_batch(self, batch: Sequence[RequestRecord | ActivityEvent]) -> None:
+        """Log each event at or above the flag (records below it are never turned into events)."""
+        threshold = self.level
+        if threshold >= OFF:
+            return
+        if threshold > logging.INFO and self._loud.isdisjoint(map(_kind, batch)):
+            return  # nothing at or above the flag: one pass in C, nothing built
+        for entry in batch:
+            kind = entry.kind
+            level = EVENT_LEVELS.get(kind, logging.INFO)
+            if type(entry) is RequestRecord:
+                if level < logging.INFO and entry.routed:
+                    level = logging.INFO  # a request.finished that carries its routing decision
+                if level >= threshold:
+                    self.log(entry.event(), level)
+            else:
+                if level < logging.INFO and entry.data.get("routed"):  # type: ignore[union-attr]
+                    level = logging.INFO
+                if level >= threshold:
+                    self.log(entry, level)  # type: ignore[arg-type]
+
+    def take(self, event: ActivityEvent | RequestRecord) -> None:
+        """One event or record, as a batch of one."""
+        self.sollol_activity_batch((event,))
+
+    def log(self, event: ActivityEvent, level: int) -> None:
+        """One event as one record at `level`."""
+        if not self.logger.isEnabledFor(level):
             return
         fields: dict[str, Any] = {"event": event.kind, "node": event.node, "model": event.model}
         if event.kind.startswith("request."):
-            fields["protocol"] = PROTOCOL.get()
+            # the pool's records carry it; an event built elsewhere is labelled where it is logged
+            fields["protocol"] = event.data.get("protocol") or PROTOCOL.get()
         for key, value in event.data.items():
+            if key == "protocol":
+                continue
             if key == "parts" and isinstance(value, tuple):
                 value = dict(value)  # (name, value) pairs as the route holds them
             fields[key] = redact(value) if isinstance(value, str) else value

@@ -11,20 +11,21 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from contextvars import ContextVar
+from collections import _count_elements, deque  # type: ignore[attr-defined]
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from operator import is_not, itemgetter
 from typing import Any
 
-from sollol.activity import ActivityEvent
+from sollol.activity import _NO_ROUTE, ActivityEvent, RequestRecord
 from sollol.codec import model_key
-from sollol.observe.context import PROTOCOL, Backlog
 from sollol.plugins import hookimpl
 
 #: Version of the document's shape; bumped only for incompatible changes.
 SCHEMA = 1
 
-_DECISION: ContextVar[list[Any] | None] = ContextVar("sollol_decision", default=None)
+#: Running decisions the feed remembers for their outcome (more are attempts that never ended).
+_RUNNING_LIMIT = 1024
 _SECRET = re.compile(
     r"(?i)(bearer\s+|basic\s+|api[_-]?key[=:]\s*|token[=:]\s*|password[=:]\s*)\S+|(//[^/@\s:]*:)[^/@\s]*@"
 )
@@ -41,72 +42,103 @@ def redact(text: str | None) -> str | None:
 class StatusFeed:
     """Observer: remembers the last routing decisions and per-second request series.
 
-    Per request it only appends: a `request.routed` decision to a bounded deque (with the event
-    that ended it attached when that comes), a finished or failed request to its `backlog`. The
-    per-second series, and the decisions that ending events carry (`routed: True`), are counted
-    from the backlog when read (`series()`, `decisions()`, a dashboard push) or every
-    `PENDING_LIMIT` requests. Also wakes whoever waits in `changed()` when a node, circuit or model
-    changes, so the dashboard's event stream can push the change at once.
+    It takes the pool's activity in batches (`sollol_activity_batch`, once per event loop
+    pass): routing decisions go to a bounded deque (with the record that ended each attached
+    when that comes), finished and failed requests are counted into per-second buckets. Also
+    wakes whoever waits in `changed()` when a node, circuit or model changes, so the
+    dashboard's event stream can push the change at once.
     """
 
     def __init__(self, *, decisions: int = 40, window: int = 120, clock: Callable[[], float] = time.time) -> None:
         self.window = window
         self._clock = clock
-        # [routed event, protocol, finished or failed event (None while running)]; JSON only when read
-        self._decisions: deque[list[Any]] = deque(maxlen=decisions)
+        # a record that carries its decision and outcome, or [a routed record, the record that
+        # ended it (None while running)]
+        self._decisions: deque[Any] = deque(maxlen=decisions)
+        # decisions of attempts still running, by the identity of their route (see `_pending_key`)
+        self._running: dict[Any, list[Any]] = {}
         # [second, requests, errors, latency sum, latency max, ttft sum, ttft count, {node: requests}]
         self._buckets: deque[list[Any]] = deque(maxlen=window)
-        #: finished or failed requests not yet in `_buckets` or `_decisions`
-        self.backlog = Backlog(self.tally)
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
 
     @hookimpl
-    def sollol_activity_event(self, event: ActivityEvent) -> None:
-        """Take in one event (cheap: an append or two)."""
-        kind = event.kind
-        if kind == "request.routed":
-            decide(self._decisions, event, PROTOCOL.get())
-        elif kind == "request.finished" or kind == "request.failed":
-            if not event.data.get("routed"):
-                conclude(event)
-            self.backlog.add((event, PROTOCOL.get()))
-        elif kind.startswith(_NODE_EVENTS):
-            self.notify()
-
-    def fold(self) -> None:
-        """Count every request in the backlog now (what a read does anyway)."""
-        self.backlog.fold()
-
-    def tally(self, records: list[tuple[ActivityEvent, str]]) -> None:
-        """Count finished and failed requests into the per-second series; keep the decisions they carry."""
-        buckets = self._buckets
-        decisions = self._decisions
-        bucket: list[Any] = buckets[-1] if buckets else [None]
-        for event, protocol in records:
-            data = event.data
-            if data.get("routed"):
-                decisions.append([event, protocol, event])
-            second = int(event.at)
-            if bucket[0] != second:
-                bucket = [second, 0, 0, 0.0, 0.0, 0.0, 0, {}]
-                buckets.append(bucket)
-            bucket[1] += 1
-            if event.kind == "request.failed":
-                bucket[2] += 1
+    def sollol_activity_batch(self, batch: Sequence[RequestRecord | ActivityEvent]) -> None:
+        """Take in what happened since the last batch."""
+        if _only_plain_requests(batch):  # the usual batch: each record its own decision and outcome
+            self._decisions.extend(batch)
+            self.tally(batch)  # type: ignore[arg-type]
+            return
+        ended: list[RequestRecord] = []
+        decisions, running = self._decisions, self._running
+        for entry in batch:
+            if type(entry) is not RequestRecord:
+                kind = entry.kind
+                if not kind.startswith("request."):
+                    if kind.startswith(_NODE_EVENTS):
+                        self.notify()
+                    continue
+                if kind == "request.queued":
+                    continue
+                entry = RequestRecord.from_event(entry)  # type: ignore[arg-type]
+            if entry.kind == ROUTED:
+                decision = [entry, None]
+                decisions.append(decision)
+                running[_pending_key(entry)] = decision
+                if len(running) > _RUNNING_LIMIT:  # attempts that never ended (cancelled streams)
+                    del running[next(iter(running))]
+                continue
+            if entry.routed:
+                decisions.append(entry)
             else:
-                latency = data.get("latency")
-                if latency is not None:
-                    bucket[3] += latency
-                    if latency > bucket[4]:
-                        bucket[4] = latency
-                ttft = data.get("ttft")
-                if ttft is not None:
-                    bucket[5] += ttft
-                    bucket[6] += 1
-            by_node = bucket[7]
-            node = event.node or "?"
-            by_node[node] = by_node.get(node, 0) + 1
+                decision = running.pop(_pending_key(entry), None)
+                if decision is None and entry.route is _NO_ROUTE:  # an event built outside a pool
+                    decision = _newest_on(running, entry.node)
+                if decision is not None:
+                    decision[1] = entry
+            ended.append(entry)
+        if ended:
+            self.tally(ended)
+
+    def take(self, event: ActivityEvent | RequestRecord) -> None:
+        """One event or record, as a batch of one."""
+        self.sollol_activity_batch((event,))
+
+    def tally(self, records: Sequence[RequestRecord]) -> None:
+        """Count finished and failed requests into the per-second series (records in time order)."""
+        first = int(records[0].at)
+        if int(records[-1].at) == first:
+            self._count_second(first, records)
+            return
+        start = 0
+        for index, second in enumerate(map(int, map(_AT, records))):
+            if second != first:
+                self._count_second(first, records[start:index])
+                first, start = second, index
+        self._count_second(first, records[start:])
+
+    def _count_second(self, second: int, records: Sequence[RequestRecord]) -> None:
+        """Count records of one second, with C-level getters and sums (no Python loop per record)."""
+        buckets = self._buckets
+        bucket: list[Any] = buckets[-1] if buckets else [None]
+        if bucket[0] != second:
+            bucket = [second, 0, 0, 0.0, 0.0, 0.0, 0, {}]
+            buckets.append(bucket)
+        failed = list(map(_KIND, records)).count(FAILED)
+        bucket[1] += len(records)
+        served = records
+        if failed:
+            bucket[2] += failed
+            served = [r for r in records if r.kind != FAILED]
+        latencies = list(filter(_not_none, map(_LATENCY, served)))
+        if latencies:
+            bucket[3] += sum(latencies)
+            bucket[4] = max(bucket[4], *latencies)
+        ttfts = list(filter(_not_none, map(_TTFT, served)))
+        if ttfts:
+            bucket[5] += sum(ttfts)
+            bucket[6] += len(ttfts)
+        _count_elements(bucket[7], map(_NODE, records))
 
     # -- waking the event streams ----------------------------------------------------------------
 
@@ -131,30 +163,29 @@ class StatusFeed:
 
     def decisions(self) -> list[dict[str, Any]]:
         """The last routing decisions, newest first, each with a readable `reason`."""
-        self.fold()
         out = []
-        # Decisions that ride on their ending event join when counted, so order them by time.
-        for event, protocol, ended in sorted(self._decisions, key=_decided_at, reverse=True):
-            data = event.data
+        for entry in reversed(self._decisions):
+            record, ended = entry if type(entry) is list else (entry, entry)
+            route = record.route
             outcome, latency, error = "running", None, None
             if ended is not None:
                 if ended.kind == "request.failed":
                     outcome = "error"
-                    error = str(ended.data.get("reason") or ended.data.get("error") or "failed")
+                    error = str(ended.reason or ended.error or "failed")
                 else:
-                    outcome, latency = "ok", ended.data.get("latency")
+                    outcome, latency = "ok", ended.latency
             item = {
-                "at": event.at,
-                "node": event.node,
-                "model": event.model,
-                "operation": data.get("operation"),
-                "protocol": protocol,
-                "policy": data.get("policy"),
-                "score": data.get("score"),
-                "parts": dict(data.get("parts") or {}),
-                "attempt": data.get("attempt", 1),
-                "tried": list(data.get("tried") or []),
-                "queued": data.get("queued") or 0.0,
+                "at": record.at,
+                "node": record.node,
+                "model": record.model,
+                "operation": record.operation or None,
+                "protocol": record.protocol,
+                "policy": route.policy or None,
+                "score": route.score,
+                "parts": dict(route.parts),
+                "attempt": record.attempt,
+                "tried": list(route.tried),
+                "queued": route.queued,
                 "outcome": outcome,
                 "latency": latency,
                 "error": redact(error),
@@ -165,7 +196,6 @@ class StatusFeed:
 
     def series(self, now: float | None = None) -> dict[str, Any]:
         """Per-second series over the last `window` seconds (oldest first; the current second last)."""
-        self.fold()
         end = int(self._clock() if now is None else now)
         start = end - self.window + 1
         by_second = {b[0]: b for b in self._buckets if b[0] >= start}
@@ -204,22 +234,39 @@ class StatusFeed:
         }
 
 
-def decide(decisions: deque[list[Any]], event: ActivityEvent, protocol: str) -> None:
-    """Remember a routing decision, and that it is the current request's (for `conclude`)."""
-    decision = [event, protocol, None]
-    decisions.append(decision)
-    _DECISION.set(decision)
+ROUTED = "request.routed"
+FAILED = "request.failed"
+# Getters of RequestRecord fields that run in C (a record is a tuple).
+_KIND, _NODE, _AT, _LATENCY, _TTFT = (
+    itemgetter(RequestRecord._fields.index(f)) for f in ("kind", "node", "at", "latency", "ttft")
+)
+_ROUTED_FLAG = itemgetter(RequestRecord._fields.index("routed"))
+_not_none = partial(is_not, None)
 
 
-def _decided_at(decision: list[Any]) -> float:
-    return float(decision[0].at)
+def _only_plain_requests(batch: Sequence[Any]) -> bool:
+    """Whether every entry is a record of a request that ended on its first attempt, unannounced
+    (so it carries its own decision): checked in C, no Python loop per entry."""
+    return (
+        len(set(map(type, batch))) == 1
+        and type(batch[0]) is RequestRecord
+        and ROUTED not in map(_KIND, batch)
+        and all(map(_ROUTED_FLAG, batch))
+    )
 
 
-def conclude(event: ActivityEvent) -> None:
-    """Attach a finished or failed event to the current request's decision on that node."""
-    current = _DECISION.get()
-    if current is not None and current[0].node == event.node:
-        current[2] = event
+def _pending_key(record: RequestRecord) -> int:
+    # An attempt's routed and ending records share the pool's `Route` object, and a running
+    # decision holds its record (so its route: the id stays unique while it is pending).
+    return id(record.route)
+
+
+def _newest_on(running: dict[Any, list[Any]], node: str) -> list[Any] | None:
+    """The newest running decision on `node`, taken out of `running`."""
+    for key in reversed(list(running)):
+        if running[key][0].node == node:
+            return running.pop(key)
+    return None
 
 
 def _reason(decision: Mapping[str, Any]) -> str:
@@ -298,6 +345,9 @@ def node_status(snapshot: Mapping[str, Any], series: Mapping[str, Any] | None = 
 
 def status_document(pool: Any, feed: StatusFeed | None = None, *, now: float | None = None) -> dict[str, Any]:
     """The whole document: cluster summary, nodes, decisions, series."""
+    deliver = getattr(pool, "deliver_activity", None)
+    if callable(deliver):
+        deliver()  # what the pool noted this pass counts too
     now = time.time() if now is None else now
     series = feed.series(now) if feed is not None else None
     nodes = [node_status(s, series) for s in pool.nodes()]
