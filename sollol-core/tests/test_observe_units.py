@@ -285,6 +285,7 @@ def test_counting_a_mixed_batch_at_once_matches_counting_it_record_by_record() -
     for record in records:
         single.take(record)
         feed_single.take(record)
+
     def samples(observer: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         from prometheus_client.parser import text_string_to_metric_families
 

@@ -383,14 +383,18 @@ class AsyncPool:
         """
         journal = self._journal
         journal.append(entry)
-        if self._delivery is None:
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                self.deliver_activity()
-            else:
-                self._delivery = loop.call_later(DELIVERY_DELAY, self._deliver_in_time)
-        elif len(journal) >= JOURNAL_LIMIT:
+        if self._delivery is None or len(journal) >= JOURNAL_LIMIT:
+            self._schedule_delivery()
+
+    def _schedule_delivery(self) -> None:
+        if len(self._journal) >= JOURNAL_LIMIT:
             self.deliver_activity()
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.deliver_activity()
+        else:
+            self._delivery = loop.call_later(DELIVERY_DELAY, self._deliver_in_time)
 
     def _deliver_in_time(self) -> None:
         self._delivery = None
@@ -806,8 +810,10 @@ class AsyncPool:
             shared.observe(ttft=ttft, per_token=per_token, tokens=tokens)
         if self._plugins.observers:  # type: ignore[union-attr]  # (a call less than `_observed()`)
             # Every served request passes here: the record is built as a plain tuple (its fields
-            # in order, see RequestRecord), a fifth of the cost of an event and its dict.
-            self._note(
+            # in order, see RequestRecord), a fifth of the cost of an event and its dict, and
+            # noted as `_note` does, without the call.
+            journal = self._journal
+            journal.append(
                 _record(
                     RequestRecord,
                     (
@@ -830,6 +836,8 @@ class AsyncPool:
                     ),
                 )
             )
+            if self._delivery is None or len(journal) >= JOURNAL_LIMIT:
+                self._schedule_delivery()
 
     def _begin(self, request: Request) -> tuple[frozenset[str], list[Target]]:
         assert self._router is not None

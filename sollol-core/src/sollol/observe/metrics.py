@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
-from functools import partial
 from itertools import compress
-from operator import is_not, itemgetter
+from operator import itemgetter
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from sollol.activity import ActivityEvent, RequestRecord
+from sollol.activity import ActivityEvent, RequestRecord, present
 from sollol.plugins import hookimpl
 
 #: Seconds; from a fast embedding to a long generation.
@@ -127,7 +126,6 @@ ROUTED = "request.routed"
 # Getters of RequestRecord fields that run in C (a record is a tuple).
 _KIND, _LATENCY, _TTFT = (itemgetter(RequestRecord._fields.index(f)) for f in ("kind", "latency", "ttft"))
 _REQUEST_KEY = itemgetter(*(RequestRecord._fields.index(f) for f in ("node", "model", "protocol", "operation", "kind")))
-_not_none = partial(is_not, None)
 _not_routed = ROUTED.__ne__
 
 
@@ -244,8 +242,8 @@ class PrometheusObserver:
                 failures[failure] = failures.get(failure, 0) + 1
             return
         labels = (node, model, protocol)
-        _spread(self.latency, labels, list(filter(_not_none, map(_LATENCY, records))), LATENCY_BUCKETS)
-        _spread(self.ttft, labels, list(filter(_not_none, map(_TTFT, records))), TTFT_BUCKETS)
+        _spread(self.latency, labels, present(list(map(_LATENCY, records))), LATENCY_BUCKETS)
+        _spread(self.ttft, labels, present(list(map(_TTFT, records))), TTFT_BUCKETS)
 
     def render(self) -> bytes:
         """The exposition text."""

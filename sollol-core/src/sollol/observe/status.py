@@ -13,11 +13,10 @@ import re
 import time
 from collections import _count_elements, deque  # type: ignore[attr-defined]
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from operator import is_not, itemgetter
+from operator import itemgetter
 from typing import Any
 
-from sollol.activity import _NO_ROUTE, ActivityEvent, RequestRecord
+from sollol.activity import _NO_ROUTE, ActivityEvent, RequestRecord, present
 from sollol.codec import model_key
 from sollol.plugins import hookimpl
 
@@ -65,10 +64,14 @@ class StatusFeed:
     @hookimpl
     def sollol_activity_batch(self, batch: Sequence[RequestRecord | ActivityEvent]) -> None:
         """Take in what happened since the last batch."""
-        if _only_plain_requests(batch):  # the usual batch: each record its own decision and outcome
-            self._decisions.extend(batch)
-            self.tally(batch)  # type: ignore[arg-type]
-            return
+        if len(set(map(type, batch))) == 1 and type(batch[0]) is RequestRecord:
+            kinds = list(map(_KIND, batch))
+            if ROUTED not in kinds and all(map(_ROUTED_FLAG, batch)):
+                # the usual batch: requests that ended on their first attempt, each record its
+                # own decision and outcome
+                self._decisions.extend(batch)
+                self.tally(batch, kinds)  # type: ignore[arg-type]
+                return
         ended: list[RequestRecord] = []
         decisions, running = self._decisions, self._running
         for entry in batch:
@@ -104,11 +107,12 @@ class StatusFeed:
         """One event or record, as a batch of one."""
         self.sollol_activity_batch((event,))
 
-    def tally(self, records: Sequence[RequestRecord]) -> None:
-        """Count finished and failed requests into the per-second series (records in time order)."""
+    def tally(self, records: Sequence[RequestRecord], kinds: list[str] | None = None) -> None:
+        """Count finished and failed requests into the per-second series (records in time order;
+        `kinds`: their kinds, when the caller has them)."""
         first = int(records[0].at)
         if int(records[-1].at) == first:
-            self._count_second(first, records)
+            self._count_second(first, records, kinds)
             return
         start = 0
         for index, second in enumerate(map(int, map(_AT, records))):
@@ -117,28 +121,37 @@ class StatusFeed:
                 first, start = second, index
         self._count_second(first, records[start:])
 
-    def _count_second(self, second: int, records: Sequence[RequestRecord]) -> None:
-        """Count records of one second, with C-level getters and sums (no Python loop per record)."""
+    def _count_second(self, second: int, records: Sequence[RequestRecord], kinds: list[str] | None = None) -> None:
+        """Count records of one second with C-level getters, counts and sums (no Python loop
+        per record)."""
         buckets = self._buckets
         bucket: list[Any] = buckets[-1] if buckets else [None]
         if bucket[0] != second:
             bucket = [second, 0, 0, 0.0, 0.0, 0.0, 0, {}]
             buckets.append(bucket)
-        failed = list(map(_KIND, records)).count(FAILED)
+        failed = (kinds if kinds is not None else list(map(_KIND, records))).count(FAILED)
         bucket[1] += len(records)
         served = records
         if failed:
             bucket[2] += failed
             served = [r for r in records if r.kind != FAILED]
-        latencies = list(filter(_not_none, map(_LATENCY, served)))
+        latencies = present(list(map(_LATENCY, served)))
         if latencies:
             bucket[3] += sum(latencies)
-            bucket[4] = max(bucket[4], *latencies)
-        ttfts = list(filter(_not_none, map(_TTFT, served)))
+            top = max(latencies)
+            if top > bucket[4]:
+                bucket[4] = top
+        ttfts = present(list(map(_TTFT, served)))
         if ttfts:
             bucket[5] += sum(ttfts)
             bucket[6] += len(ttfts)
-        _count_elements(bucket[7], map(_NODE, records))
+        by_node = bucket[7]
+        nodes = list(map(_NODE, records))
+        node = nodes[0]
+        if nodes.count(node) == len(nodes):  # one node: identity checks
+            by_node[node] = by_node.get(node, 0) + len(nodes)
+        else:
+            _count_elements(by_node, nodes)
 
     # -- waking the event streams ----------------------------------------------------------------
 
@@ -241,18 +254,6 @@ _KIND, _NODE, _AT, _LATENCY, _TTFT = (
     itemgetter(RequestRecord._fields.index(f)) for f in ("kind", "node", "at", "latency", "ttft")
 )
 _ROUTED_FLAG = itemgetter(RequestRecord._fields.index("routed"))
-_not_none = partial(is_not, None)
-
-
-def _only_plain_requests(batch: Sequence[Any]) -> bool:
-    """Whether every entry is a record of a request that ended on its first attempt, unannounced
-    (so it carries its own decision): checked in C, no Python loop per entry."""
-    return (
-        len(set(map(type, batch))) == 1
-        and type(batch[0]) is RequestRecord
-        and ROUTED not in map(_KIND, batch)
-        and all(map(_ROUTED_FLAG, batch))
-    )
 
 
 def _pending_key(record: RequestRecord) -> int:
