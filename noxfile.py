@@ -195,3 +195,11 @@ def bench_observe(session: nox.Session) -> None:
     (benchmarks/observe_overhead.py; target: under 5% of throughput)."""
     session.install("httpx", *_editable(CORE, "plugins/sollol-ollama"))
     session.run("python", str(ROOT / "benchmarks" / "observe_overhead.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_observe_instructions(session: nox.Session) -> None:
+    """Machine instructions per request with and without observability, counted by callgrind
+    (benchmarks/observe_instructions.py; needs valgrind)."""
+    session.install("httpx", *_editable(CORE, "plugins/sollol-ollama"))
+    session.run("python", str(ROOT / "benchmarks" / "observe_instructions.py"), *session.posargs)

@@ -14,7 +14,7 @@ from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import compress
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -178,12 +178,13 @@ class PrometheusObserver:
     def sollol_activity_batch(self, batch: Sequence[RequestRecord | ActivityEvent]) -> None:
         """Count what happened since the last batch."""
         if len(set(map(type, batch))) == 1 and type(batch[0]) is RequestRecord:  # the usual batch
-            kinds = list(map(_KIND, batch))
-            ended = batch if ROUTED not in kinds else list(compress(batch, map(_not_routed, kinds)))
-            if ended:
-                self.tally(ended)  # type: ignore[arg-type]
+            records = cast(Sequence[RequestRecord], batch)
+            kinds = list(map(_KIND, records))
+            done = records if ROUTED not in kinds else list(compress(records, map(_not_routed, kinds)))
+            if done:
+                self.tally(done)
             return
-        ended = []
+        ended: list[RequestRecord] = []
         for entry in batch:
             if type(entry) is RequestRecord:
                 if entry.kind != "request.routed":
@@ -193,7 +194,7 @@ class PrometheusObserver:
             if kind == "request.finished" or kind == "request.failed":
                 ended.append(RequestRecord.from_event(entry))  # type: ignore[arg-type]
             elif kind == "request.queued":
-                waited = (entry.model or "",)  # type: ignore[union-attr]
+                waited = (entry.model or "",)
                 self.queued[waited] = self.queued.get(waited, 0) + 1
             elif kind.startswith("node."):
                 change = (entry.node or "", kind[5:])

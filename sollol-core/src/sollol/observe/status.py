@@ -14,7 +14,7 @@ import time
 from collections import _count_elements, deque  # type: ignore[attr-defined]
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 from sollol.activity import _NO_ROUTE, ActivityEvent, RequestRecord, present
 from sollol.codec import model_key
@@ -65,12 +65,13 @@ class StatusFeed:
     def sollol_activity_batch(self, batch: Sequence[RequestRecord | ActivityEvent]) -> None:
         """Take in what happened since the last batch."""
         if len(set(map(type, batch))) == 1 and type(batch[0]) is RequestRecord:
-            kinds = list(map(_KIND, batch))
-            if ROUTED not in kinds and all(map(_ROUTED_FLAG, batch)):
+            records = cast(Sequence[RequestRecord], batch)
+            kinds = list(map(_KIND, records))
+            if ROUTED not in kinds and all(map(_ROUTED_FLAG, records)):
                 # the usual batch: requests that ended on their first attempt, each record its
                 # own decision and outcome
-                self._decisions.extend(batch)
-                self.tally(batch, kinds)  # type: ignore[arg-type]
+                self._decisions.extend(records)
+                self.tally(records, kinds)
                 return
         ended: list[RequestRecord] = []
         decisions, running = self._decisions, self._running
@@ -84,6 +85,7 @@ class StatusFeed:
                 if kind == "request.queued":
                     continue
                 entry = RequestRecord.from_event(entry)  # type: ignore[arg-type]
+            decision: list[Any] | None
             if entry.kind == ROUTED:
                 decision = [entry, None]
                 decisions.append(decision)
