@@ -14,9 +14,8 @@ every `DELIVERY_DELAY`) would hold 50 times fewer requests than at full speed; `
 (default 0.5 s) stretches the delay by as much, so each batch holds about as many requests as
 in the serving gateway.
 
-Variants: `off` (observe=False), `on` (everything), `mounted` (routes and the protocol label,
-no observer), `batch-noop` (only an observer of the batch hook that does nothing: the pool's
-records and their delivery), `feed`, `metrics`, `log` (one of the gateway's observers alone).
+Variants: those of `observe_overhead.py --controls` (`off`, `mounted`, `batch-noop`, `noop`,
+`on`), and `feed`, `metrics`, `log`: one of the gateway's observers alone.
 
     python benchmarks/observe_instructions.py [--variants off,on] [--clients 1] [--seconds 6]
     nox -s bench_observe_instructions -- --clients 64    (needs valgrind: apt-get install valgrind)
@@ -44,15 +43,10 @@ from observe_overhead import GATEWAY
 VARIANTS = """
 import sollol.pool
 sollol.pool.DELIVERY_DELAY = {delay}
-if variant in ("batch-noop", "feed", "metrics", "log"):
+if variant in ("feed", "metrics", "log"):
     for observer in app.observe.observers:
         app.pool.plugins.remove_observer(observer)
-    class BatchNoOp:
-        @hookimpl
-        def sollol_activity_batch(self, batch):
-            pass
     chosen = {{
-        "batch-noop": BatchNoOp(),
         "feed": app.observe.feed,
         "metrics": app.observe.metrics,
         "log": app.observe.event_log,

@@ -43,11 +43,17 @@ from sollol.plugins import hookimpl
 from sollol.pool import AsyncPool
 import sollol.transport
 sollol.transport.TRANSPORT_CLASS = LeanTransport  # as `sollol serve` runs it
-variant = sys.argv[1]  # off, on, or a control: mounted (observers unsubscribed), noop (a no-op observer only)
+variant = sys.argv[1]  # off, on, or a control (CONTROLS)
 app = Gateway(AsyncPool([{{"url": "http://{host}:{node}", "backend": "ollama"}}]), observe=variant != "off")
-if variant in ("mounted", "noop"):
+if variant in ("mounted", "batch-noop", "noop"):
     for observer in app.observe.observers:
         app.pool.plugins.remove_observer(observer)
+if variant == "batch-noop":
+    class BatchNoOp:
+        @hookimpl
+        def sollol_activity_batch(self, batch):
+            pass
+    app.pool.plugins.add_observer(BatchNoOp(), name="batch-noop")
 if variant == "noop":
     class NoOp:
         @hookimpl
@@ -67,7 +73,8 @@ with runner:  # the server `sollol serve` runs by default
 CONTROLS = {
     "off": "observe=False",
     "mounted": "observability mounted, its observers unsubscribed (routes, protocol label, modules)",
-    "noop": "only a no-op observer: the pool builds and emits its events, nobody keeps them",
+    "batch-noop": "only a no-op batch observer: the pool notes its records and delivers them, nobody counts",
+    "noop": "only a no-op per-event observer: the records are also turned into events",
     "on": "everything on (no dashboard client, no scraper)",
 }
 
