@@ -123,6 +123,7 @@ def test_every_ollama_field_reaches_the_pool(app: Gateway, pool: FakePool) -> No
         "truncate": False,
         "logprobs": True,
         "brand_new_field": [1, 2],
+        "protocol": "a client's own field",  # not the gateway's label of the request
     }
     response = request(app, "POST", "/api/chat", json=body)
     assert response.status_code == 200
@@ -134,8 +135,20 @@ def test_every_ollama_field_reaches_the_pool(app: Gateway, pool: FakePool) -> No
     assert call["messages"] == body["messages"]
     assert call["options"] == body["options"]
     assert call["params"] == {
-        k: body[k] for k in ("format", "tools", "keep_alive", "think", "truncate", "logprobs", "brand_new_field")
+        k: body[k]
+        for k in ("format", "tools", "keep_alive", "think", "truncate", "logprobs", "brand_new_field", "protocol")
     }
+    assert pool.protocols == ["ollama"]  # the request is labelled with the client's protocol
+
+
+def test_requests_are_labelled_with_the_client_protocol(app: Gateway, pool: FakePool) -> None:
+    pool.result = chat_result()
+    hi = [{"role": "user", "content": "hi"}]
+    assert request(app, "POST", "/v1/chat/completions", json={"model": "llama3.2", "messages": hi}).status_code == 200
+    pool.result = embed_result([[0.1, 0.2]])
+    assert request(app, "POST", "/api/embed", json={"model": "llama3.2", "input": "x"}).status_code == 200
+    assert request(app, "POST", "/v1/embeddings", json={"model": "llama3.2", "input": "x"}).status_code == 200
+    assert pool.protocols == ["openai", "ollama", "openai"]
 
 
 def test_generate_passes_system_template_raw_and_images(app: Gateway, pool: FakePool) -> None:

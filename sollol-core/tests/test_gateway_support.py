@@ -38,6 +38,7 @@ class FakePool:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.protocols: list[str] = []  # of each request the gateway sent
         self.result: Any = None
         self.chunks: list[Chunk] = []
         self.error: BaseException | None = None
@@ -111,6 +112,24 @@ class FakePool:
 
     async def embed(self, model: str, input: Any, *, options: Any = None, **params: Any) -> Any:
         return await self._answer("embed", {"model": model, "input": list(input), "options": options, "params": params})
+
+    # The gateway sends request values (labelled with the client's protocol), as to an AsyncPool.
+
+    async def serve(self, request: Any, *, priority: int | None = None) -> Any:
+        self.protocols.append(request.protocol)
+        return await self._call(request, stream=False)
+
+    async def stream(self, request: Any, *, priority: int | None = None) -> Any:
+        self.protocols.append(request.protocol)
+        return await self._call(request, stream=True)
+
+    async def _call(self, request: Any, stream: bool) -> Any:
+        options = dict(request.options) or None
+        if request.operation == "chat":
+            return await self.chat(request.model, request.messages, stream=stream, options=options, **request.params)
+        if request.operation == "generate":
+            return await self.generate(request.model, request.prompt, stream=stream, options=options, **request.params)
+        return await self.embed(request.model, request.inputs, options=options, **request.params)
 
 
 def chat_result(raw: Any = None, **kw: Any) -> ChatResult:

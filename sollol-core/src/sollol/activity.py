@@ -60,7 +60,9 @@ class Activity:
         return None if self.loaded is None else frozenset(m.name for m in self.loaded)
 
 
-#: The client protocol of the request being served ("ollama", "openai"; "python" outside the gateway).
+#: The client protocol to assume for a request event that does not say its own (one built
+#: outside a pool: `RequestRecord.from_event`, the event log). The pool's records take the
+#: request's `protocol`, which the gateway sets.
 PROTOCOL: ContextVar[str] = ContextVar("sollol_protocol", default="python")
 
 _now = time.time

@@ -30,6 +30,9 @@ class ChatRequest:
     messages: tuple[Mapping[str, Any], ...] = attrs.field(converter=tuple)
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_mapping)
     params: Mapping[str, Any] = attrs.field(factory=dict, converter=_mapping)
+    #: the client's protocol ("ollama", "openai": the gateway sets it; "python" for library
+    #: calls): a label for observers, never sent to a node
+    protocol: str = "python"
     operation: Operation = attrs.field(default="chat", init=False)
 
     @property
@@ -50,6 +53,9 @@ class GenerateRequest:
     prompt: str = ""
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_mapping)
     params: Mapping[str, Any] = attrs.field(factory=dict, converter=_mapping)
+    #: the client's protocol ("ollama", "openai": the gateway sets it; "python" for library
+    #: calls): a label for observers, never sent to a node
+    protocol: str = "python"
     operation: Operation = attrs.field(default="generate", init=False)
 
     @property
@@ -66,6 +72,9 @@ class EmbedRequest:
     inputs: tuple[str, ...] = attrs.field(converter=tuple)
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_mapping)
     params: Mapping[str, Any] = attrs.field(factory=dict, converter=_mapping)
+    #: the client's protocol ("ollama", "openai": the gateway sets it; "python" for library
+    #: calls): a label for observers, never sent to a node
+    protocol: str = "python"
     operation: Operation = attrs.field(default="embed", init=False)
 
     @property

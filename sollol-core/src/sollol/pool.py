@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import attrs
 
-from sollol.activity import PROTOCOL, ActivityEvent, RequestRecord
+from sollol.activity import ActivityEvent, RequestRecord
 from sollol.codec import Backend, StreamPlan, model_key
 from sollol.detect import decide, probe_node
 from sollol.detection import NodeState
@@ -621,7 +621,7 @@ class AsyncPool:
                     "operation": request.operation,
                     "depth": len(self._queue) + 1,
                     "priority": priority,
-                    "protocol": PROTOCOL.get(),
+                    "protocol": request.protocol,
                 },
             )
         began = time.monotonic()
@@ -679,7 +679,7 @@ class AsyncPool:
                             pnode.id,
                             request.model,
                             request.operation,
-                            PROTOCOL.get(),
+                            request.protocol,
                             _now(),
                             route,
                             True,
@@ -743,7 +743,7 @@ class AsyncPool:
                     node=pnode.id,
                     model=request.model,
                     operation=request.operation,
-                    protocol=PROTOCOL.get(),
+                    protocol=request.protocol,
                     at=_now(),
                     route=route,
                     routed=folded,
@@ -821,7 +821,7 @@ class AsyncPool:
                         pnode.id,
                         request.model,
                         request.operation,
-                        PROTOCOL.get(),
+                        request.protocol,
                         _now(),
                         route,
                         folded,

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from sollol.activity import PROTOCOL, ModelInfo
+from sollol.activity import ModelInfo
 from sollol.codec import model_key
 from sollol.detection import NodeState
 from sollol.errors import SollolError
@@ -48,7 +48,7 @@ from sollol.gateway.wire import (
     start_stream,
 )
 from sollol.http import HttpRequest
-from sollol.inference import ChatRequest, Chunk, GenerateRequest
+from sollol.inference import ChatRequest, Chunk, EmbedRequest, GenerateRequest
 from sollol.pool import AsyncPool
 
 log = logging.getLogger(__name__)
@@ -178,14 +178,7 @@ class Gateway:
             if self._keys and path != "/":
                 self._authorize(auth, key)
             body = parse_object(await read_body(receive, length, self.max_body)) if route.reads_body else None
-            if self.observe is None:
-                await handler(scope, receive, send, body)
-            else:  # observers label requests by the client's protocol (sollol.activity.PROTOCOL)
-                token = PROTOCOL.set("openai" if route.openai else "ollama")
-                try:
-                    await handler(scope, receive, send, body)
-                finally:
-                    PROTOCOL.reset(token)
+            await handler(scope, receive, send, body)
         except Exception as exc:  # every failure is answered in the route's protocol
             error = api_error(exc, openai=route.openai)
             if error.status >= 500 and not isinstance(exc, (ApiError, SollolError)):
@@ -386,8 +379,9 @@ class Gateway:
         if not messages:  # Ollama: an empty chat loads the model and answers at once
             await self._loaded(send, model, "message", params)
             return
+        request = ChatRequest(model=model, messages=tuple(messages), options=options, params=params, protocol="ollama")
         if body.get("stream") is False:
-            result = await self.pool.chat(model, messages, options=options, **params)
+            result = await self.pool.serve(request)
             raw = result.raw
             if type(raw) is RawJson and tr.is_ollama_payload(raw, "message"):
                 await send_body(send, 200, raw.body, JSON_TYPE)  # the Ollama node's own bytes
@@ -396,10 +390,9 @@ class Gateway:
             return
         lines = getattr(self.pool, "stream_lines", None)
         if lines is not None:  # an Ollama node's lines go out as they came, unparsed
-            request = ChatRequest(model=model, messages=tuple(messages), options=options, params=params)
             chunks = await lines(request, passthrough="ollama")
         else:
-            chunks = await self.pool.chat(model, messages, stream=True, options=options, **params)
+            chunks = await self.pool.stream(request)
         await self._ndjson(receive, send, chunks, model, chat=True)
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, body: Any) -> None:
@@ -413,8 +406,9 @@ class Gateway:
         if not prompt and not body.get("images"):
             await self._loaded(send, model, "response", params)
             return
+        request = GenerateRequest(model=model, prompt=prompt, options=options, params=params, protocol="ollama")
         if body.get("stream") is False:
-            result = await self.pool.generate(model, prompt, options=options, **params)
+            result = await self.pool.serve(request)
             raw = result.raw
             if type(raw) is RawJson and tr.is_ollama_payload(raw, "response"):
                 await send_body(send, 200, raw.body, JSON_TYPE)  # the Ollama node's own bytes
@@ -423,10 +417,9 @@ class Gateway:
             return
         lines = getattr(self.pool, "stream_lines", None)
         if lines is not None:
-            request = GenerateRequest(model=model, prompt=prompt, options=options, params=params)
             chunks = await lines(request, passthrough="ollama")
         else:
-            chunks = await self.pool.generate(model, prompt, stream=True, options=options, **params)
+            chunks = await self.pool.stream(request)
         await self._ndjson(receive, send, chunks, model, chat=False)
 
     async def _loaded(self, send: Send, model: str, field: str, params: Mapping[str, Any]) -> None:
@@ -480,7 +473,9 @@ class Gateway:
                 raise ApiError(404, f"model '{model}' not found")
             await send_json(send, {"model": model, "embeddings": []})
             return
-        result = await self.pool.embed(model, inputs, options=options, **params)
+        result = await self.pool.serve(
+            EmbedRequest(model=model, inputs=tuple(inputs), options=options, params=params, protocol="ollama")
+        )
         await send_json(send, tr.ollama_embed(model, result))
 
     async def _embeddings(self, scope: Scope, receive: Receive, send: Send, body: Any) -> None:
@@ -495,7 +490,9 @@ class Gateway:
                 raise ApiError(404, f"model '{model}' not found")
             await send_json(send, {"embedding": []})
             return
-        result = await self.pool.embed(model, [prompt], options=options, **params)
+        result = await self.pool.serve(
+            EmbedRequest(model=model, inputs=(prompt,), options=options, params=params, protocol="ollama")
+        )
         await send_json(send, {"embedding": list(result.embeddings[0])})
 
     # -- OpenAI ------------------------------------------------------------------------------------------
@@ -525,11 +522,12 @@ class Gateway:
         options, params = tr.openai_request(body)
         ident = self._new_id("chatcmpl")
         created = int(time.time())
+        request = ChatRequest(model=model, messages=tuple(messages), options=options, params=params, protocol="openai")
         if not body.get("stream"):
-            result = await self.pool.chat(model, messages, options=options, **params)
+            result = await self.pool.serve(request)
             await send_json(send, tr.openai_chat(model, result, ident, created))
             return
-        chunks = await self.pool.chat(model, messages, stream=True, options=options, **params)
+        chunks = await self.pool.stream(request)
         await self._sse(receive, send, chunks, model, ident, created, chat=True, usage=tr.include_usage(body))
 
     async def _v1_completions(self, scope: Scope, receive: Receive, send: Send, body: Any) -> None:
@@ -542,11 +540,12 @@ class Gateway:
         options, params = tr.openai_request(body)
         ident = self._new_id("cmpl")
         created = int(time.time())
+        request = GenerateRequest(model=model, prompt=prompt, options=options, params=params, protocol="openai")
         if not body.get("stream"):
-            result = await self.pool.generate(model, prompt, options=options, **params)
+            result = await self.pool.serve(request)
             await send_json(send, tr.openai_completion(model, result, ident, created))
             return
-        chunks = await self.pool.generate(model, prompt, stream=True, options=options, **params)
+        chunks = await self.pool.stream(request)
         await self._sse(receive, send, chunks, model, ident, created, chat=False, usage=tr.include_usage(body))
 
     async def _v1_embeddings(self, scope: Scope, receive: Receive, send: Send, body: Any) -> None:
@@ -565,7 +564,9 @@ class Gateway:
                 400, f"encoding_format must be 'float' or 'base64', not {encoding!r}", param="encoding_format"
             )
         options, params = tr.openai_request(body)
-        result = await self.pool.embed(model, inputs, options=options, **params)
+        result = await self.pool.serve(
+            EmbedRequest(model=model, inputs=tuple(inputs), options=options, params=params, protocol="openai")
+        )
         await send_json(send, tr.openai_embeddings(model, result, encoding == "base64"))
 
     async def _sse(

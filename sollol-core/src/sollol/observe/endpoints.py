@@ -91,7 +91,7 @@ class Observability:
 def mount(gateway: Any, *, metrics: bool = True, event_log: str | int | None = None) -> Observability:
     """Subscribe the observers to `gateway.pool` and add the observability routes to `gateway`."""
     observe = Observability(gateway.pool, metrics=metrics, event_log=event_log)
-    # The gateway sets the client protocol (`PROTOCOL`) around each handler while it has observers.
+    # The gateway labels each request with its client protocol (`ChatRequest.protocol` ...).
     gateway._add(METRICS_PATH, False, {"GET": observe.prometheus}, reads_body=False)
     gateway._add(DASHBOARD_PATH, False, {"GET": observe.dashboard}, reads_body=False)
     gateway._add(NODES_PATH, False, {"GET": observe.nodes}, reads_body=False)
