@@ -521,6 +521,12 @@ class AsyncPool:
         request = EmbedRequest(model=model, inputs=inputs, options=options or {}, params=params)  # type: ignore[arg-type]
         return await self._serve(request, EmbedResult, priority)
 
+    @overload
+    async def serve(self, request: ChatRequest, *, priority: int | None = None) -> ChatResult: ...
+    @overload
+    async def serve(self, request: GenerateRequest, *, priority: int | None = None) -> GenerateResult: ...
+    @overload
+    async def serve(self, request: EmbedRequest, *, priority: int | None = None) -> EmbedResult: ...
     async def serve(self, request: Request, *, priority: int | None = None) -> Result:
         """Serve a request value (non-streamed)."""
         request, rank = _take_priority(request, priority)

@@ -490,8 +490,9 @@ class Gateway:
                 raise ApiError(404, f"model '{model}' not found")
             await send_json(send, {"embedding": []})
             return
+        one: Any = [prompt]  # (attrs types the tuple converter as taking no known items)
         result = await self.pool.serve(
-            EmbedRequest(model=model, inputs=(prompt,), options=options, params=params, protocol="ollama")
+            EmbedRequest(model=model, inputs=one, options=options, params=params, protocol="ollama")
         )
         await send_json(send, {"embedding": list(result.embeddings[0])})
 
@@ -522,7 +523,8 @@ class Gateway:
         options, params = tr.openai_request(body)
         ident = self._new_id("chatcmpl")
         created = int(time.time())
-        request = ChatRequest(model=model, messages=tuple(messages), options=options, params=params, protocol="openai")
+        listed: Any = messages  # (as above: the tuple converter's type)
+        request = ChatRequest(model=model, messages=listed, options=options, params=params, protocol="openai")
         if not body.get("stream"):
             result = await self.pool.serve(request)
             await send_json(send, tr.openai_chat(model, result, ident, created))
