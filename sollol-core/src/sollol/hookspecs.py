@@ -77,9 +77,9 @@ def sollol_register_discovery_sources(register: Callable[[DiscoverySource], None
 def sollol_activity_event(event: ActivityEvent) -> None:
     """Activity reporting: observe an event (node up/down, routed, finished, failed...).
 
-    Called on the pool's event loop for every event, in order, at the end of the loop's pass
-    in which it happened (`pool.deliver_activity()` delivers at once); keep it quick and do
-    no I/O (queue the work). An observer that raises is logged and skipped, never breaks a
+    Called on the pool's event loop for every event, in order, within 10 ms of it
+    (`sollol.pool.DELIVERY_DELAY`; node, circuit and model changes at once, and
+    `pool.deliver_activity()` delivers now); keep it quick and do no I/O (queue the work). An observer that raises is logged and skipped, never breaks a
     request. Every implementation is called. Implement this or `sollol_activity_batch`.
     """
 
@@ -90,7 +90,7 @@ def sollol_activity_batch(batch: Sequence[RequestRecord | ActivityEvent]) -> Non
 
     Request attempts (routed, finished, failed) come as `RequestRecord` tuples, every other
     event as an `ActivityEvent`; `entry.event()` turns a record into the event that
-    `sollol_activity_event` observers get. One call per event loop pass instead of one per
+    `sollol_activity_event` observers get. One call per delivery instead of one per
     event: the way for an observer that counts every request (the gateway's metrics and
     dashboard do) to cost the pool little. Same rules as `sollol_activity_event`; the batch is
     the observer's to keep. Every implementation is called.

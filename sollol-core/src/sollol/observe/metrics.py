@@ -155,8 +155,8 @@ def _spread(
 class PrometheusObserver:
     """An activity observer that keeps Prometheus metrics of one pool in its own registry.
 
-    It takes the pool's activity in batches (`sollol_activity_batch`, once per event loop
-    pass) and counts requests into plain dicts and bucket lists; the metric families are built
+    It takes the pool's activity in batches (`sollol_activity_batch`, every 10 ms while
+    there is news) and counts requests into plain dicts and bucket lists; the metric families are built
     from those counts when `/metrics` is scraped. No locks, no prometheus-client objects per
     request.
     """

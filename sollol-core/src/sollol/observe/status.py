@@ -41,8 +41,8 @@ def redact(text: str | None) -> str | None:
 class StatusFeed:
     """Observer: remembers the last routing decisions and per-second request series.
 
-    It takes the pool's activity in batches (`sollol_activity_batch`, once per event loop
-    pass): routing decisions go to a bounded deque (with the record that ended each attached
+    It takes the pool's activity in batches (`sollol_activity_batch`, every 10 ms while
+    there is news): routing decisions go to a bounded deque (with the record that ended each attached
     when that comes), finished and failed requests are counted into per-second buckets. Also
     wakes whoever waits in `changed()` when a node, circuit or model changes, so the
     dashboard's event stream can push the change at once.
