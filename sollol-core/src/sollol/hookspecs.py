@@ -80,8 +80,8 @@ def sollol_activity_event(event: ActivityEvent) -> None:
     Called on the pool's event loop for every event, in order, within 10 ms of it
     (`sollol.pool.DELIVERY_DELAY`; node, circuit and model changes at once, and
     `pool.deliver_activity()` delivers now); keep it quick and do no I/O (queue the work).
-    An observer that raises is logged and skipped, never breaks a request. Every
-    implementation is called. Implement this or `sollol_activity_batch`.
+    An observer that raises is logged and skipped, never breaks a request.
+    Every implementation is called. Implement this or `sollol_activity_batch`.
     """
 
 
