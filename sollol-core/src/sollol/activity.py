@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import attrs
@@ -225,6 +226,12 @@ class RequestRecord(NamedTuple):
             reason=data.get("reason"),
             retry=data.get("retry"),
         )
+
+
+def fields(*names: str) -> Any:
+    """A C-level getter of these `RequestRecord` fields (records are tuples): one name gives the
+    field, several a tuple of them. For observers that count a batch with `map`, not a loop."""
+    return itemgetter(*(RequestRecord._fields.index(name) for name in names))
 
 
 def present(values: list[Any]) -> list[Any]:

@@ -13,7 +13,6 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import compress
-from operator import itemgetter
 from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -22,7 +21,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from sollol.activity import ActivityEvent, RequestRecord, present
+from sollol.activity import ActivityEvent, RequestRecord, fields, present
 from sollol.plugins import hookimpl
 
 #: Seconds; from a fast embedding to a long generation.
@@ -123,9 +122,8 @@ _OUTCOMES = {FINISHED: "ok", FAILED: "error"}
 
 ROUTED = "request.routed"
 
-# Getters of RequestRecord fields that run in C (a record is a tuple).
-_KIND, _LATENCY, _TTFT = (itemgetter(RequestRecord._fields.index(f)) for f in ("kind", "latency", "ttft"))
-_REQUEST_KEY = itemgetter(*(RequestRecord._fields.index(f) for f in ("node", "model", "protocol", "operation", "kind")))
+_KIND, _LATENCY, _TTFT = map(fields, ("kind", "latency", "ttft"))
+_REQUEST_KEY = fields("node", "model", "protocol", "operation", "kind")
 _not_routed = ROUTED.__ne__
 
 

@@ -13,10 +13,9 @@ import re
 import time
 from collections import _count_elements, deque  # type: ignore[attr-defined]
 from collections.abc import Callable, Mapping, Sequence
-from operator import itemgetter
 from typing import Any, cast
 
-from sollol.activity import _NO_ROUTE, ActivityEvent, RequestRecord, present
+from sollol.activity import _NO_ROUTE, ActivityEvent, RequestRecord, fields, present
 from sollol.codec import model_key
 from sollol.plugins import hookimpl
 
@@ -251,11 +250,7 @@ class StatusFeed:
 
 ROUTED = "request.routed"
 FAILED = "request.failed"
-# Getters of RequestRecord fields that run in C (a record is a tuple).
-_KIND, _NODE, _AT, _LATENCY, _TTFT = (
-    itemgetter(RequestRecord._fields.index(f)) for f in ("kind", "node", "at", "latency", "ttft")
-)
-_ROUTED_FLAG = itemgetter(RequestRecord._fields.index("routed"))
+_KIND, _NODE, _AT, _LATENCY, _TTFT, _ROUTED_FLAG = map(fields, ("kind", "node", "at", "latency", "ttft", "routed"))
 
 
 def _pending_key(record: RequestRecord) -> int:
