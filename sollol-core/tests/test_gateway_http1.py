@@ -199,31 +199,29 @@ def test_lean_transport_send_and_stream() -> None:
     assert first.endswith(b'{"model":"x"}')
 
 
-def test_buffered_chunks_are_joined_and_partial_ones_wait() -> None:
-    """Whole chunks already buffered come out joined, without a wait; a chunk not whole yet, the
-    last chunk and a chunk without its CRLF are left to the careful path (or refused)."""
-    from sollol.gateway.http1 import _buffered_chunks
+def test_whole_chunks_are_taken_joined_and_partial_ones_wait() -> None:
+    """Whole chunks at the front of the buffer come out joined; a chunk not whole yet stays;
+    the last chunk ends the body once its trailers end; a chunk without its CRLF is refused."""
+    from sollol.gateway.http1 import _take_chunks
 
-    async def main() -> list[object]:
-        out: list[object] = []
-        reader = asyncio.StreamReader()
-        reader.feed_data(b"3\r\nabc\r\n2;ext=1\r\nde\r\n4\r\nfg")
-        out.append(await _buffered_chunks(reader))  # abc and de whole, fg not yet
-        out.append(bytes(reader._buffer))  # type: ignore[attr-defined]
-        out.append(await _buffered_chunks(reader))
-        reader.feed_data(b"hi\r\n0\r\n\r\n")
-        out.append(await _buffered_chunks(reader))
-        out.append(await _buffered_chunks(reader))  # the last chunk stays for the careful path
-        out.append(bytes(reader._buffer))  # type: ignore[attr-defined]
-        bad = asyncio.StreamReader()
-        bad.feed_data(b"3\r\nabcXY1\r\nz\r\n")
-        try:
-            await _buffered_chunks(bad)
-        except ValueError as exc:
-            out.append(str(exc))
-        return out
-
-    assert asyncio.run(main()) == [b"abcde", b"4\r\nfg", b"", b"fghi", b"", b"0\r\n\r\n", "chunk without its CRLF"]
+    buffer = bytearray(b"3\r\nabc\r\n2;ext=1\r\nde\r\n4\r\nfg")
+    assert _take_chunks(buffer) == (b"abcde", False)  # abc and de whole, fg not yet
+    assert bytes(buffer) == b"4\r\nfg"
+    assert _take_chunks(buffer) == (b"", False)
+    buffer += b"hi\r\n0\r\n"
+    assert _take_chunks(buffer) == (b"fghi", False)  # the last chunk's line, its end not yet
+    assert bytes(buffer) == b"0\r\n"
+    buffer += b"\r\n"
+    assert _take_chunks(buffer) == (b"", True)
+    assert buffer == b""
+    trailers = bytearray(b"1\r\nz\r\n0\r\nx-check: 1\r\n")
+    assert _take_chunks(trailers) == (b"z", False)  # trailers not ended yet
+    trailers += b"\r\nHTTP/1.1 200"
+    assert _take_chunks(trailers) == (b"", True)
+    assert trailers == b"HTTP/1.1 200"  # what follows the answer stays
+    for bad in (b"3\r\nabcXY1\r\nz\r\n", b"zz\r\nabc\r\n", b"-3\r\nabc\r\n"):
+        with pytest.raises(ValueError):
+            _take_chunks(bytearray(bad))
 
 
 def test_one_deadline_per_exchange_bounds_each_gap_not_the_consumer() -> None:

@@ -4,8 +4,9 @@ httpx's default pool (httpcore) walks every pooled connection on each request an
 socket for its attributes (about a millisecond of CPU per request once a dozen connections
 are pooled), and httpx's request and response objects cost about as much again. `Http1Pool`
 keeps idle connections in a LIFO list per origin (O(1) to take and give back), writes each
-request in one call and reads answers with asyncio streams (Content-Length, chunked and
-read-to-close bodies, streamed piece by piece).
+request in one call and parses answers straight from each connection's buffer (`Connection`, a
+bare protocol: no stream layer between socket and parser): Content-Length, chunked and
+read-to-close bodies, streamed piece by piece.
 
 Two faces: `LeanTransport`, a `sollol.transport.Transport` that sends node requests as bytes
 (no httpx objects on the request path), and `Http1Transport`, an `httpx.AsyncBaseTransport`
@@ -52,9 +53,10 @@ else:  # pragma: no cover - Python 3.10
 
 
 Origin = tuple[str, str, int]
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 HEAD_LIMIT = 256 * 1024
+#: a connection stops reading from its node while this much is buffered and not yet taken
+BUFFER_LIMIT = 1 << 20
 
 
 class Http1Error(Exception):
@@ -68,6 +70,82 @@ class Http1Error(Exception):
 
 class _Stale(Exception):
     """A reused connection turned out closed before any answer byte arrived."""
+
+
+class _Cut(Exception):
+    """The connection ended (or failed) before the answer was whole."""
+
+
+class Connection(asyncio.Protocol):
+    """One connection to a node: what arrives is appended to `buffer`, and one waiter is woken.
+
+    The reader (`Http1Pool._exchange`, `Answer`) parses straight from `buffer`; there is no
+    stream layer between the socket and the parser (asyncio's `StreamReader` costs a dozen
+    Python calls per read). Reading pauses while `BUFFER_LIMIT` bytes wait to be taken.
+    """
+
+    __slots__ = ("_loop", "_paused", "_waiter", "buffer", "closed", "error", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.closed = False
+        self.error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if len(self.buffer) > BUFFER_LIMIT and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> None:
+        self._end(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc)
+
+    def _end(self, exc: BaseException | None) -> None:
+        self.closed = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def more(self) -> None:
+        """Wait until more bytes arrived; `_Cut` when the connection ended instead."""
+        if self.closed:
+            raise _Cut
+        if self._paused:
+            self._paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        self._waiter = waiter = self._loop.create_future()
+        await waiter
+        if self.closed and not self.buffer:
+            raise _Cut
+
+    def idle(self) -> bool:
+        """Fit to carry a new request: open, nothing unread."""
+        return not self.closed and not self.buffer and self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Deadline:
@@ -122,13 +200,13 @@ class Answer:
     __slots__ = (
         "_chunked",
         "_complete",
+        "_conn",
         "_deadline",
         "_done",
         "_keep",
         "_length",
         "_origin",
         "_pool",
-        "_streams",
         "headers",
         "reason",
         "status",
@@ -138,7 +216,7 @@ class Answer:
         self,
         pool: Http1Pool,
         origin: Origin,
-        streams: Streams,
+        conn: Connection,
         status: int,
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
@@ -150,7 +228,7 @@ class Answer:
     ) -> None:
         self._pool = pool
         self._origin = origin
-        self._streams = streams
+        self._conn = conn
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -162,67 +240,66 @@ class Answer:
         self._done = False
 
     async def pieces(self) -> AsyncIterator[bytes]:
-        """The body as it arrives."""
-        reader = self._streams[0]
+        """The body as it arrives: all of it that is in when the consumer asks, as one piece."""
+        conn = self._conn
+        buffer = conn.buffer
         deadline = self._deadline
         try:
             if self._chunked:
                 while True:
-                    # Every whole chunk buffered already goes out as one piece (no wait, and one
-                    # write downstream instead of one per chunk); else wait for the next chunk.
-                    data = await _buffered_chunks(reader)
+                    # Every whole chunk buffered goes out as one piece (one write downstream
+                    # instead of one per chunk); a chunk not whole yet waits for the rest.
+                    data, last = _take_chunks(buffer)
                     if data:
                         if deadline is not None:
                             deadline.waiting = False
                         yield data
-                        continue
-                    if deadline is not None:
-                        deadline.wait()
-                    size = _chunk_size(await reader.readuntil(b"\r\n"))
-                    if size:
-                        data = await reader.readexactly(size + 2)
-                        if data[-2:] != b"\r\n":
-                            raise ValueError("chunk without its CRLF")
+                    if last:
+                        break
+                    if not data:
                         if deadline is not None:
-                            deadline.waiting = False
-                        yield data[:-2]
-                        continue
-                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                        pass  # trailers
-                    break
+                            deadline.wait()
+                        await conn.more()
             elif self._length is not None:
                 remaining = self._length
                 while remaining:
-                    if deadline is not None:
-                        deadline.wait()
-                    data = await reader.read(min(remaining, 1 << 20))
-                    if not data:
-                        raise asyncio.IncompleteReadError(b"", remaining)
+                    if not buffer:
+                        if deadline is not None:
+                            deadline.wait()
+                        await conn.more()
                     if deadline is not None:
                         deadline.waiting = False
+                    data = bytes(buffer[:remaining])
+                    del buffer[: len(data)]
                     remaining -= len(data)
                     yield data
             else:
                 while True:
-                    if deadline is not None:
-                        deadline.wait()
-                    data = await reader.read(1 << 16)
-                    if not data:
-                        break
+                    if not buffer:
+                        if conn.closed:
+                            break
+                        if deadline is not None:
+                            deadline.wait()
+                        try:
+                            await conn.more()
+                        except _Cut:
+                            break
                     if deadline is not None:
                         deadline.waiting = False
+                    data = bytes(buffer)
+                    buffer.clear()
                     yield data
-                if deadline is not None and deadline.expired:
-                    raise asyncio.IncompleteReadError(b"", None)
+                if conn.error is not None or (deadline is not None and deadline.expired):
+                    raise _Cut  # reset or timed out: not the end of the answer
             self._complete = True
             if deadline is not None:
                 deadline.cancel()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        except (_Cut, ValueError) as exc:
             self._raise_expired()
+            error = conn.error
+            if isinstance(exc, _Cut) and isinstance(error, OSError):
+                raise Http1Error(f"the connection failed while reading the answer: {error}") from error
             raise Http1Error(f"the answer's body was cut off or malformed ({type(exc).__name__})") from None
-        except OSError as exc:
-            self._raise_expired()
-            raise Http1Error(f"the connection failed while reading the answer: {exc or type(exc).__name__}") from exc
 
     def _raise_expired(self) -> None:
         if self._deadline is not None and self._deadline.expired:
@@ -230,19 +307,24 @@ class Answer:
 
     async def read(self) -> bytes:
         """The whole body."""
-        if self._length is not None and not self._chunked:
-            reader = self._streams[0]
+        length = self._length
+        if length is not None and not self._chunked:
+            conn = self._conn
+            buffer = conn.buffer
             deadline = self._deadline
             try:
-                if deadline is not None:
-                    deadline.wait()
-                body = await reader.readexactly(self._length) if self._length else b""
-            except asyncio.IncompleteReadError:
+                while len(buffer) < length:
+                    if deadline is not None:
+                        deadline.wait()
+                    await conn.more()
+            except _Cut:
                 self._raise_expired()
+                error = conn.error
+                if isinstance(error, OSError):
+                    raise Http1Error(f"the connection failed while reading the answer: {error}") from error
                 raise Http1Error("the answer's body was cut off") from None
-            except OSError as exc:
-                self._raise_expired()
-                raise Http1Error(f"the connection failed while reading the answer: {exc}") from exc
+            body = bytes(buffer[:length])
+            del buffer[:length]
             self._complete = True
             if deadline is not None:
                 deadline.cancel()
@@ -257,53 +339,70 @@ class Answer:
         if self._deadline is not None:
             self._deadline.cancel()
         if self._complete and self._keep:
-            self._pool.give_back(self._origin, self._streams)
+            self._pool.give_back(self._origin, self._conn)
         else:
-            self._streams[1].close()
+            self._conn.close()
 
 
 def _chunk_size(line: bytes | bytearray) -> int:
     """A chunk-size line's size (hex, surrounding whitespace and CRLF allowed); with a chunk
     extension (`1a;name=value`) the part before `;`. Garbage raises `ValueError`."""
     try:
-        return int(line, 16)
+        size = int(line, 16)
     except ValueError:
-        return int(bytes(line).split(b";", 1)[0] or b"0", 16)
+        size = int(bytes(line).split(b";", 1)[0] or b"0", 16)
+    if size < 0:
+        raise ValueError("negative chunk size")
+    return size
 
 
-async def _buffered_chunks(reader: asyncio.StreamReader) -> bytes:
-    """The data of every whole non-final chunk already in `reader`'s buffer, joined and
-    consumed (b"" when the next chunk is not whole yet, or is the last one)."""
-    buffered = reader._buffer  # type: ignore[attr-defined]
+def _take_chunks(buffer: bytearray) -> tuple[bytes, bool]:
+    """Take every whole chunk at the front of `buffer`: (their data joined, whether the last
+    chunk and its trailers were among them). A chunk not whole yet stays in `buffer`."""
     pos = 0
     spans: list[tuple[int, int]] = []
+    last = False
     while True:
-        end = buffered.find(b"\r\n", pos)
+        end = buffer.find(b"\r\n", pos)
         if end < 0:
+            if len(buffer) - pos > HEAD_LIMIT:
+                raise ValueError("chunk size line too long")
             break
-        size = _chunk_size(buffered[pos:end])
+        size = _chunk_size(buffer[pos:end])
+        if not size:  # the last chunk: whole once its (usually empty) trailers end
+            if buffer.startswith(b"\r\n", end + 2):
+                pos, last = end + 4, True
+            else:
+                close = buffer.find(b"\r\n\r\n", end + 2)
+                if close >= 0:
+                    pos, last = close + 4, True
+            break
         stop = end + 2 + size + 2
-        if not size or len(buffered) < stop:
+        if len(buffer) < stop:
             break
-        if not buffered.startswith(b"\r\n", stop - 2):
+        if not buffer.startswith(b"\r\n", stop - 2):
             raise ValueError("chunk without its CRLF")
         spans.append((end + 2, stop - 2))
         pos = stop
-    if not spans:
-        return b""
-    data = await reader.readexactly(pos)  # all buffered: returns at once
     if len(spans) == 1:
         start, stop = spans[0]
-        return data[start:stop]
-    view = memoryview(data)
-    return b"".join([view[start:stop] for start, stop in spans])
+        data = bytes(buffer[start:stop])
+    elif spans:
+        view = memoryview(buffer)
+        data = b"".join([view[start:stop] for start, stop in spans])
+        view.release()
+    else:
+        data = b""
+    if pos:
+        del buffer[:pos]
+    return data, last
 
 
 class Http1Pool:
     """Keep-alive connections per origin, LIFO, with one retry when a kept connection went stale."""
 
     def __init__(self, *, max_idle_per_origin: int = 256, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._idle: dict[Origin, list[Streams]] = {}
+        self._idle: dict[Origin, list[Connection]] = {}
         self._max_idle = max_idle_per_origin
         self._ssl = ssl_context
         self._closed = False
@@ -311,43 +410,46 @@ class Http1Pool:
         #: system call in CPython: asked once, not per exchange)
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _take(self, origin: Origin) -> Streams | None:
+    def _take(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
         while idle:
-            reader, writer = idle.pop()
-            if reader.at_eof() or writer.is_closing() or reader._buffer:  # type: ignore[attr-defined]
-                writer.close()
-                continue
-            return reader, writer
+            conn = idle.pop()
+            if conn.idle():
+                return conn
+            conn.close()
         return None
 
-    def give_back(self, origin: Origin, streams: Streams) -> None:
+    def give_back(self, origin: Origin, conn: Connection) -> None:
         """Keep a connection whose answer was read whole."""
         idle = self._idle.setdefault(origin, [])
         if self._closed or len(idle) >= self._max_idle:
-            streams[1].close()
+            conn.close()
         else:
-            idle.append(streams)
+            idle.append(conn)
 
-    async def _open(self, origin: Origin, timeout: float | None) -> Streams:
+    async def _open(self, origin: Origin, timeout: float | None) -> Connection:
         scheme, host, port = origin
         context: ssl.SSLContext | None = None
         if scheme == "https":
             context = self._ssl or ssl.create_default_context()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         try:
             async with _deadline(timeout):
-                return await asyncio.open_connection(host, port, ssl=context, limit=HEAD_LIMIT)
+                _, conn = await loop.create_connection(lambda: Connection(loop), host, port, ssl=context)
         except TimeoutError:
             raise Http1Error(f"connecting to {host}:{port} timed out", timeout=True, connect=True) from None
         except OSError as exc:
             raise Http1Error(f"cannot connect to {host}:{port}: {exc}", connect=True) from exc
+        return conn
 
     async def aclose(self) -> None:
         """Close every idle connection."""
         self._closed = True
         for idle in self._idle.values():
-            for _, writer in idle:
-                writer.close()
+            for conn in idle:
+                conn.close()
         self._idle.clear()
 
     async def exchange(
@@ -360,62 +462,70 @@ class Http1Pool:
         head_only: bool = False,
     ) -> Answer:
         """Send `payload` (a whole request) and return once the answer's head is in."""
-        streams = self._take(origin)
-        reused = streams is not None
+        conn = self._take(origin)
+        reused = conn is not None
         while True:
-            if streams is None:
-                streams = await self._open(origin, connect_timeout)
+            if conn is None:
+                conn = await self._open(origin, connect_timeout)
             try:
-                return await self._exchange(origin, streams, payload, read_timeout, head_only)
+                return await self._exchange(origin, conn, payload, read_timeout, head_only)
             except _Stale:
-                streams[1].close()
+                conn.close()
                 if not reused:
                     raise Http1Error("the node closed the connection without answering") from None
-                streams, reused = None, False  # a kept-alive connection the node had closed: one fresh try
+                conn, reused = None, False  # a kept-alive connection the node had closed: one fresh try
 
     async def _exchange(
-        self, origin: Origin, streams: Streams, payload: bytes, read_timeout: float | None, head_only: bool
+        self, origin: Origin, conn: Connection, payload: bytes, read_timeout: float | None, head_only: bool
     ) -> Answer:
-        reader, writer = streams
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        deadline = None if read_timeout is None else _Deadline(read_timeout, writer.transport, loop)
+        transport = conn.transport
+        assert transport is not None
+        deadline = None if read_timeout is None else _Deadline(read_timeout, transport, loop)
+        buffer = conn.buffer
         try:
-            writer.write(payload)
-            head = await reader.readuntil(b"\r\n\r\n")
-            while head.startswith(b"HTTP/1.1 1") and not head.startswith(b"HTTP/1.1 101"):
-                head = await reader.readuntil(b"\r\n\r\n")  # 100 Continue and friends
+            transport.write(payload)
+            while True:
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buffer) > HEAD_LIMIT:
+                        raise Http1Error("the answer's headers are too large")
+                    await conn.more()
+                    continue
+                if buffer.startswith(b"HTTP/1.1 1") and not buffer.startswith(b"HTTP/1.1 101"):
+                    del buffer[: end + 4]  # 100 Continue and friends
+                    continue
+                break
         except BaseException as exc:
             if deadline is not None:
                 deadline.cancel()
                 if deadline.expired:
-                    writer.close()
+                    conn.close()
                     raise Http1Error("the node did not answer in time", timeout=True) from None
-            if isinstance(exc, asyncio.IncompleteReadError):
-                if not exc.partial:
-                    raise _Stale from None
-                writer.close()
+            if isinstance(exc, _Cut):
+                error = conn.error
+                if not buffer and (error is None or isinstance(error, (ConnectionResetError, BrokenPipeError))):
+                    raise _Stale from None  # closed before any answer byte: a kept connection gone stale
+                conn.close()
+                if error is not None and not buffer:
+                    raise Http1Error(f"the connection failed: {error}") from error
                 raise Http1Error("the connection closed in the middle of the answer's headers") from None
-            if isinstance(exc, asyncio.LimitOverrunError):
-                writer.close()
-                raise Http1Error("the answer's headers are too large") from None
-            if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-                raise _Stale from None
-            if isinstance(exc, OSError):
-                writer.close()
-                raise Http1Error(f"the connection failed: {exc or type(exc).__name__}") from exc
+            conn.close()
             raise
+        head = bytes(buffer[:end])
+        del buffer[: end + 4]
         if deadline is not None:
             deadline.waiting = False
-        lines = head[:-4].split(b"\r\n")
+        lines = head.split(b"\r\n")
         status_line = lines[0].split(b" ", 2)
         try:
             status = int(status_line[1])
         except (IndexError, ValueError):
             if deadline is not None:
                 deadline.cancel()
-            writer.close()
+            conn.close()
             raise Http1Error(f"malformed status line {lines[0][:80]!r}") from None
         headers: list[tuple[bytes, bytes]] = []
         length: int | None = None
@@ -436,9 +546,7 @@ class Http1Pool:
         if head_only or status in (204, 304):
             length, chunked = 0, False
         reason = status_line[2] if len(status_line) > 2 else b""
-        return Answer(
-            self, origin, streams, status, reason, headers, deadline, length=length, chunked=chunked, keep=keep
-        )
+        return Answer(self, origin, conn, status, reason, headers, deadline, length=length, chunked=chunked, keep=keep)
 
 
 def _origin(node: Node) -> Origin:
