@@ -255,10 +255,18 @@ def needs_of(request: Request) -> frozenset[str]:
         needs.append("thinking")
     images = params.get("images")
     if not images and isinstance(request, ChatRequest):
-        images = any(isinstance(m, Mapping) and m.get("images") for m in request.messages)
+        images = _any_images(request.messages)
     if images:
         needs.append("vision")
     return frozenset(needs) if needs else _NO_NEEDS
+
+
+def _any_images(messages: Sequence[Any]) -> bool:
+    for message in messages:
+        # JSON gives dicts: checked as such first (an ABC's isinstance costs far more)
+        if (type(message) is dict or isinstance(message, Mapping)) and message.get("images"):
+            return True
+    return False
 
 
 _PNODE = operator.attrgetter("pnode")

@@ -84,7 +84,19 @@ class Connection(asyncio.Protocol):
     Python calls per read). Reading pauses while `BUFFER_LIMIT` bytes wait to be taken.
     """
 
-    __slots__ = ("_loop", "_paused", "_waiter", "buffer", "closed", "error", "transport")
+    __slots__ = (
+        "_loop",
+        "_paused",
+        "_waiter",
+        "buffer",
+        "closed",
+        "delay",
+        "error",
+        "expired",
+        "last",
+        "transport",
+        "waiting",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -94,6 +106,13 @@ class Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
+        # The read deadline (`Http1Pool` watches it): `delay` bounds each wait for the node;
+        # `waiting` is True while a read waits, since `last` (loop time); `expired` once it
+        # waited longer and the connection was aborted.
+        self.delay: float | None = None
+        self.waiting = False
+        self.last = 0.0
+        self.expired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -133,8 +152,14 @@ class Connection(asyncio.Protocol):
             self._paused = False
             assert self.transport is not None
             self.transport.resume_reading()
-        self._waiter = waiter = self._loop.create_future()
-        await waiter
+        loop = self._loop
+        self._waiter = waiter = loop.create_future()
+        self.last = loop.time()
+        self.waiting = True
+        try:
+            await waiter
+        finally:
+            self.waiting = False
         if self.closed and not self.buffer:
             raise _Cut
 
@@ -148,52 +173,6 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class _Deadline:
-    """One timer per exchange instead of an `asyncio.timeout` around every read.
-
-    The timer is armed once; reads only note when they start and end (two attribute stores).
-    When it fires, it re-arms itself for the remaining time if a read made progress since
-    (or none is waiting: the consumer is busy elsewhere), else it aborts the connection, which
-    ends the pending read, and marks the exchange `expired`. `delay` bounds the wait for the
-    head and, after it, each gap between pieces of the body (as `Timeouts.read` says).
-    """
-
-    __slots__ = ("_delay", "_handle", "_loop", "_transport", "expired", "last", "waiting")
-
-    def __init__(self, delay: float, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._delay = delay
-        self._transport = transport
-        self.expired = False
-        self.waiting = True
-        self.last = now = loop.time()
-        # A read in progress since `last` (True), or the consumer has the answer (False).
-        self._handle: asyncio.TimerHandle | None = loop.call_at(now + delay, self._fire)
-
-    def _fire(self) -> None:
-        now = self._loop.time()
-        due = self.last + self._delay
-        if not self.waiting:
-            due = now + self._delay
-        if now < due:
-            self._handle = self._loop.call_at(due, self._fire)
-            return
-        self._handle = None
-        self.expired = True
-        self._transport.abort()  # type: ignore[attr-defined]
-
-    def wait(self) -> None:
-        """A read starts waiting for the node now."""
-        self.last = self._loop.time()
-        self.waiting = True
-
-    def cancel(self) -> None:
-        """Disarm the timer (the exchange is over)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
 class Answer:
     """An answer whose head has arrived; read its body with `pieces()` or `read()`, then `close()`."""
 
@@ -201,7 +180,6 @@ class Answer:
         "_chunked",
         "_complete",
         "_conn",
-        "_deadline",
         "_done",
         "_keep",
         "_length",
@@ -220,7 +198,6 @@ class Answer:
         status: int,
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
-        deadline: _Deadline | None,
         *,
         length: int | None,
         chunked: bool,
@@ -232,7 +209,6 @@ class Answer:
         self.status = status
         self.reason = reason
         self.headers = headers
-        self._deadline = deadline
         self._length = length
         self._chunked = chunked
         self._keep = keep and (chunked or length is not None)
@@ -243,7 +219,6 @@ class Answer:
         """The body as it arrives: all of it that is in when the consumer asks, as one piece."""
         conn = self._conn
         buffer = conn.buffer
-        deadline = self._deadline
         try:
             if self._chunked:
                 while True:
@@ -251,24 +226,16 @@ class Answer:
                     # instead of one per chunk); a chunk not whole yet waits for the rest.
                     data, last = _take_chunks(buffer)
                     if data:
-                        if deadline is not None:
-                            deadline.waiting = False
                         yield data
                     if last:
                         break
                     if not data:
-                        if deadline is not None:
-                            deadline.wait()
                         await conn.more()
             elif self._length is not None:
                 remaining = self._length
                 while remaining:
                     if not buffer:
-                        if deadline is not None:
-                            deadline.wait()
                         await conn.more()
-                    if deadline is not None:
-                        deadline.waiting = False
                     data = bytes(buffer[:remaining])
                     del buffer[: len(data)]
                     remaining -= len(data)
@@ -278,22 +245,17 @@ class Answer:
                     if not buffer:
                         if conn.closed:
                             break
-                        if deadline is not None:
-                            deadline.wait()
                         try:
                             await conn.more()
                         except _Cut:
                             break
-                    if deadline is not None:
-                        deadline.waiting = False
                     data = bytes(buffer)
                     buffer.clear()
                     yield data
-                if conn.error is not None or (deadline is not None and deadline.expired):
+                if conn.error is not None or conn.expired:
                     raise _Cut  # reset or timed out: not the end of the answer
             self._complete = True
-            if deadline is not None:
-                deadline.cancel()
+            self._pool.unwatch(conn)
         except (_Cut, ValueError) as exc:
             self._raise_expired()
             error = conn.error
@@ -302,7 +264,7 @@ class Answer:
             raise Http1Error(f"the answer's body was cut off or malformed ({type(exc).__name__})") from None
 
     def _raise_expired(self) -> None:
-        if self._deadline is not None and self._deadline.expired:
+        if self._conn.expired:
             raise Http1Error("the node stopped sending in the middle of its answer", timeout=True) from None
 
     async def read(self) -> bytes:
@@ -311,11 +273,8 @@ class Answer:
         if length is not None and not self._chunked:
             conn = self._conn
             buffer = conn.buffer
-            deadline = self._deadline
             try:
                 while len(buffer) < length:
-                    if deadline is not None:
-                        deadline.wait()
                     await conn.more()
             except _Cut:
                 self._raise_expired()
@@ -326,8 +285,7 @@ class Answer:
             body = bytes(buffer[:length])
             del buffer[:length]
             self._complete = True
-            if deadline is not None:
-                deadline.cancel()
+            self._pool.unwatch(conn)
             return body
         return b"".join([piece async for piece in self.pieces()])
 
@@ -336,8 +294,7 @@ class Answer:
         if self._done:
             return
         self._done = True
-        if self._deadline is not None:
-            self._deadline.cancel()
+        self._pool.unwatch(self._conn)
         if self._complete and self._keep:
             self._pool.give_back(self._origin, self._conn)
         else:
@@ -409,6 +366,45 @@ class Http1Pool:
         #: the loop the connections belong to (`asyncio.get_running_loop()` costs a getpid()
         #: system call in CPython: asked once, not per exchange)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Connections in an exchange with a read deadline, and the one timer that sweeps them
+        # every `_tick` seconds (a quarter of the shortest deadline): no timer per exchange.
+        self._watched: set[Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick = 0.0
+
+    def watch(self, conn: Connection, delay: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Bound each wait for `conn`'s node by `delay` seconds until `unwatch`.
+
+        A wait that passes it aborts the connection (which ends the read) and marks it
+        `expired`; it is noticed at the next sweep, so within 1.25 x `delay`.
+        """
+        conn.delay = delay
+        conn.expired = False
+        self._watched.add(conn)
+        tick = delay / 4
+        if self._sweeper is None or tick < self._tick:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            self._tick = tick
+            self._sweeper = loop.call_later(tick, self._sweep, loop)
+
+    def unwatch(self, conn: Connection) -> None:
+        """The exchange on `conn` is over."""
+        self._watched.discard(conn)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        watched = self._watched
+        for conn in [c for c in watched if c.waiting and now - c.last >= c.delay]:  # type: ignore[operator]
+            watched.discard(conn)
+            conn.expired = True
+            if conn.transport is not None:
+                conn.transport.abort()
+        if watched:
+            self._tick = min(c.delay for c in watched) / 4  # type: ignore[type-var, operator]
+            self._sweeper = loop.call_later(self._tick, self._sweep, loop)
+        else:
+            self._sweeper = None
 
     def _take(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
@@ -447,6 +443,9 @@ class Http1Pool:
     async def aclose(self) -> None:
         """Close every idle connection."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()
@@ -483,7 +482,8 @@ class Http1Pool:
             loop = self._loop = asyncio.get_running_loop()
         transport = conn.transport
         assert transport is not None
-        deadline = None if read_timeout is None else _Deadline(read_timeout, transport, loop)
+        if read_timeout is not None:
+            self.watch(conn, read_timeout, loop)
         buffer = conn.buffer
         try:
             transport.write(payload)
@@ -499,11 +499,10 @@ class Http1Pool:
                     continue
                 break
         except BaseException as exc:
-            if deadline is not None:
-                deadline.cancel()
-                if deadline.expired:
-                    conn.close()
-                    raise Http1Error("the node did not answer in time", timeout=True) from None
+            self.unwatch(conn)
+            if conn.expired:
+                conn.close()
+                raise Http1Error("the node did not answer in time", timeout=True) from None
             if isinstance(exc, _Cut):
                 error = conn.error
                 if not buffer and (error is None or isinstance(error, (ConnectionResetError, BrokenPipeError))):
@@ -516,15 +515,12 @@ class Http1Pool:
             raise
         head = bytes(buffer[:end])
         del buffer[: end + 4]
-        if deadline is not None:
-            deadline.waiting = False
         lines = head.split(b"\r\n")
         status_line = lines[0].split(b" ", 2)
         try:
             status = int(status_line[1])
         except (IndexError, ValueError):
-            if deadline is not None:
-                deadline.cancel()
+            self.unwatch(conn)
             conn.close()
             raise Http1Error(f"malformed status line {lines[0][:80]!r}") from None
         headers: list[tuple[bytes, bytes]] = []
@@ -546,7 +542,7 @@ class Http1Pool:
         if head_only or status in (204, 304):
             length, chunked = 0, False
         reason = status_line[2] if len(status_line) > 2 else b""
-        return Answer(self, origin, conn, status, reason, headers, deadline, length=length, chunked=chunked, keep=keep)
+        return Answer(self, origin, conn, status, reason, headers, length=length, chunked=chunked, keep=keep)
 
 
 def _origin(node: Node) -> Origin:
