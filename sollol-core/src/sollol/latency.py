@@ -43,13 +43,14 @@ class ModelStats:
 
     def observe(self, *, ttft: float | None = None, per_token: float | None = None, tokens: int | None = None) -> None:
         """Fold one finished request into the averages (the first one replaces the prior)."""
+        # (the blend written out: this runs twice for every request served)
         first = self.samples == 0
         if ttft is not None and ttft >= 0:
-            self.ttft = ttft if first else _blend(self.ttft, ttft)
+            self.ttft = ttft if first else self.ttft + ALPHA * (ttft - self.ttft)
         if per_token is not None and per_token >= 0:
-            self.per_token = per_token if first else _blend(self.per_token, per_token)
+            self.per_token = per_token if first else self.per_token + ALPHA * (per_token - self.per_token)
         if tokens is not None and tokens > 0:
-            self.tokens = float(tokens) if first else _blend(self.tokens, float(tokens))
+            self.tokens = float(tokens) if first else self.tokens + ALPHA * (tokens - self.tokens)
         self.samples += 1
 
     def service(self, tokens: float) -> float:
