@@ -39,12 +39,12 @@ from sollol.gateway.wire import (
     end_stream,
     header_values,
     parse_object,
+    piece_sender,
     read_body,
     require_model,
     rfc3339_now,
     send_body,
     send_json,
-    send_piece,
     start_stream,
 )
 from sollol.http import HttpRequest
@@ -440,19 +440,20 @@ class Gateway:
         first = await _first(chunks)  # errors before the first byte get their real status
         await start_stream(send, NDJSON_TYPE)
         gone = _watch_disconnect(receive)
+        piece = piece_sender(send)
         try:
             chunk: Chunk | bytes | None = first
             while chunk is not None:
                 if type(chunk) is bytes:  # whole lines from an Ollama node (`AsyncPool.stream_lines`)
-                    await send_piece(send, chunk)
+                    await piece(chunk)
                 else:
                     for line in tr.ollama_chunk(model, chunk, chat):  # type: ignore[arg-type]
-                        await send_piece(send, dumps(line) + b"\n")
+                        await piece(dumps(line) + b"\n")
                 if _gone(gone):
                     break
                 chunk = await anext(chunks, None)
         except Exception as exc:
-            await send_piece(send, dumps({"error": _inband_message(exc)}) + b"\n")
+            await piece(dumps({"error": _inband_message(exc)}) + b"\n")
         finally:
             gone.cancel()
             await _close(chunks)
@@ -586,6 +587,7 @@ class Gateway:
         first = await _first(chunks)
         await start_stream(send, SSE_TYPE)
         gone = _watch_disconnect(receive)
+        piece = piece_sender(send)
         obj = "chat.completion.chunk" if chat else "text_completion"
         name = dumps(model).decode()
         head = f'{{"id":"{ident}","object":"{obj}","created":{created},"model":{name},'.encode()
@@ -609,18 +611,18 @@ class Gateway:
                         delta["tool_calls"] = tr.openai_tool_calls(chunk.tool_calls, ident, stream=True)
                     if delta:
                         choice = {"index": 0, "delta": delta, "finish_reason": None}
-                        await send_piece(send, b"data: " + head + dumps([choice]) + b"}\n\n")
+                        await piece(b"data: " + head + dumps([choice]) + b"}\n\n")
                     if chunk.done:
                         choice = {
                             "index": 0,
                             "delta": {},
                             "finish_reason": tr.finish_reason(chunk.done_reason, calls_seen),
                         }
-                        await send_piece(send, b"data: " + head + dumps([choice]) + b"}\n\n")
+                        await piece(b"data: " + head + dumps([choice]) + b"}\n\n")
                 else:
                     if chunk.text or not chunk.done:
                         choice = {"text": chunk.text, "index": 0, "logprobs": None, "finish_reason": None}
-                        await send_piece(send, b"data: " + head + dumps([choice]) + b"}\n\n")
+                        await piece(b"data: " + head + dumps([choice]) + b"}\n\n")
                     if chunk.done:
                         choice = {
                             "text": "",
@@ -628,13 +630,11 @@ class Gateway:
                             "logprobs": None,
                             "finish_reason": tr.finish_reason(chunk.done_reason, False),
                         }
-                        await send_piece(send, b"data: " + head + dumps([choice]) + b"}\n\n")
+                        await piece(b"data: " + head + dumps([choice]) + b"}\n\n")
                 if chunk.done:
                     if usage:
-                        await send_piece(
-                            send, b"data: " + head + b'[],"usage":' + dumps(tr.openai_usage(chunk.usage)) + b"}\n\n"
-                        )
-                    await send_piece(send, b"data: [DONE]\n\n")
+                        await piece(b"data: " + head + b'[],"usage":' + dumps(tr.openai_usage(chunk.usage)) + b"}\n\n")
+                    await piece(b"data: [DONE]\n\n")
                     break
                 if _gone(gone):
                     break
@@ -643,7 +643,7 @@ class Gateway:
             error = api_error(exc, openai=True)
             payload = openai_body(error)
             payload["error"]["message"] = _inband_message(exc)  # type: ignore[index]
-            await send_piece(send, b"data: " + dumps(payload) + b"\n\n")
+            await piece(b"data: " + dumps(payload) + b"\n\n")
         finally:
             gone.cancel()
             await _close(chunks)

@@ -174,6 +174,18 @@ class Exchange:
         if proto.write_paused:
             await proto.drain()
 
+    async def piece(self, body: bytes) -> None:
+        """A started stream's next piece: what `send` does with `more_body`, without building and
+        reading a message (see `sollol.gateway.wire.piece_sender`)."""
+        if not self.started or self.finished:
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
+            return
+        proto = self.proto
+        if body and not self.head:
+            proto.write_soon(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
+        if proto.write_paused:
+            await proto.drain()
+
 
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""

@@ -6,6 +6,7 @@ more than the JSON it carries.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
@@ -94,6 +95,14 @@ async def start_stream(send: Send, content_type: bytes, extra: Iterable[tuple[by
 async def send_piece(send: Send, data: bytes) -> None:
     """One piece of a streamed body."""
     await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+def piece_sender(send: Send) -> Callable[[bytes], Awaitable[None]]:
+    """What sends a stream's pieces: the server's own `piece` when `send` is a method of an
+    object that has one (sollol.gateway.fastserver's exchanges: no ASGI message per piece),
+    else `send_piece`."""
+    piece: Callable[[bytes], Awaitable[None]] | None = getattr(getattr(send, "__self__", None), "piece", None)
+    return piece if piece is not None else functools.partial(send_piece, send)
 
 
 async def end_stream(send: Send) -> None:
