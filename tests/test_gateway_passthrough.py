@@ -71,3 +71,16 @@ async def test_a_stream_without_its_done_line_is_an_error(
         with pytest.raises(StreamInterruptedError):
             async for _ in await pool.stream_lines(ChatRequest(model="llama3.2", messages=USER)):
                 pass
+
+
+def test_only_lines_in_ollamas_own_framing_skip_the_decode() -> None:
+    """Lines ending `"done":false}` pass unparsed; the final line, an error anywhere in the piece,
+    or a line framed any other way (keys in another order) go to the full decode."""
+    from sollol.pool import _ordinary_lines
+
+    line = b'{"model":"m","message":{"role":"assistant","content":"say \\"done\\":true"},"done":false}\n'
+    final = b'{"model":"m","message":{"role":"assistant","content":""},"done_reason":"stop","done":true}\n'
+    assert _ordinary_lines(line * 3) == 3
+    assert _ordinary_lines(line * 2 + final) == 2  # only the last line is decoded
+    assert _ordinary_lines(line + b'{"error":"out of memory"}\n' + line) == -1
+    assert _ordinary_lines(b'{"done":false,"model":"m"}\n' + line) == 1  # the reordered line is decoded

@@ -947,23 +947,25 @@ class AsyncPool:
                                 lines = whole.count(b"\n")
                                 if first is None:
                                     first = time.perf_counter() - started
-                                if _plain_lines(whole, lines):
+                                ordinary = _ordinary_lines(whole)
+                                if ordinary == lines:
                                     sent += lines
                                     yield whole
                                     continue
                                 # Some line ends the stream or carries an error: only such lines
                                 # are decoded; the lines before any error go on as one piece.
-                                # Usually it is the last line alone: the others are checked at once.
+                                # Usually it is the last line alone: the others are ordinary.
                                 good: list[bytes] = []
                                 failure: BackendError | ProtocolError | None = None
-                                cut = whole.rfind(b"\n", 0, len(whole) - 1) + 1
-                                if cut and _plain_lines(whole[:cut], lines - 1):
-                                    good.append(whole[:cut])
+                                if ordinary == lines - 1 and not whole.endswith(_ORDINARY_END):
+                                    cut = whole.rfind(b"\n", 0, len(whole) - 1) + 1
+                                    if cut:
+                                        good.append(whole[:cut])
                                     rest_lines = [whole[cut:]]
                                 else:
                                     rest_lines = whole.splitlines(keepends=True)
                                 for line in rest_lines:
-                                    if _plain_lines(line, 1):
+                                    if _ordinary_lines(line) == 1:
                                         good.append(line)
                                         continue
                                     try:
@@ -1034,12 +1036,17 @@ class AsyncPool:
             return
 
 
-def _plain_lines(data: bytes, lines: int) -> bool:
-    """Whether each of the `lines` NDJSON lines in `data` is an ordinary one: not the last of
-    its stream and no error (compact `"done":false` on every line, no `"done":true` and no
-    `"error"` anywhere; a quote inside a JSON string is escaped, so these match keys only, or
-    fall to the full decode). Such lines need no parsing to be passed on."""
-    return b'"error"' not in data and b'"done":true' not in data and data.count(b'"done":false') == lines
+_ORDINARY_END = b'"done":false}\n'
+
+
+def _ordinary_lines(data: bytes) -> int:
+    """How many of the NDJSON lines in `data` are ordinary ones, -1 when any may carry an error.
+
+    Ollama ends every line but the last of a stream with `"done":false}` (its own compact
+    framing, `done` the last key); a quote inside a JSON string is escaped, so `"done":false}`
+    and `"error"` match keys only. Two scans of the piece tell which lines need no parsing to
+    be passed on; a line framed any other way falls to the full decode."""
+    return data.count(_ORDINARY_END) if b'"error"' not in data else -1
 
 
 def _placed_result(result: Any, node: Node, route: Route) -> Any:
