@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 import attrs
@@ -544,18 +544,29 @@ class AsyncPool:
         return self._stream(plain, rank)
 
     async def stream_lines(
-        self, request: ChatRequest | GenerateRequest, *, passthrough: str = "ollama", priority: int | None = None
+        self,
+        request: ChatRequest | GenerateRequest,
+        *,
+        passthrough: str = "ollama",
+        priority: int | None = None,
+        sink: Callable[[bytes], bool] | None = None,
     ) -> AsyncIterator[Chunk | bytes]:
         """Like `stream`, but when the node that serves is of the `passthrough` kind (an
         NDJSON backend: "ollama"), its lines come as they arrived (`bytes`: one or more whole
         lines, each ending in a newline) instead of chunks: what a gateway in front of such a
         node sends on untouched. Only the lines that end the stream or carry an error are
         decoded (for the usage, the latency figures and failover); others are checked, not parsed.
+
+        `sink`: after the first piece was taken from the iterator, ordinary lines may go to
+        `sink(piece)` instead, the moment they arrive (from the connection's `data_received`,
+        when the transport offers that: `sollol.gateway.http1`), without waking the consumer.
+        It returns False to refuse a piece, which then comes from the iterator as usual; it
+        must not block. Pieces keep their order either way.
         """
         await self.start()
         plain, rank = _take_priority(request, priority)
         assert isinstance(plain, (ChatRequest, GenerateRequest))
-        return self._stream(plain, rank, passthrough)
+        return self._stream(plain, rank, passthrough, sink)
 
     # -- routing and failover --------------------------------------------------------------------
 
@@ -661,7 +672,7 @@ class AsyncPool:
             policy=self._policy.name,
             score=choice.score,
             parts=choice.parts,
-            failures=tuple((n, str(e)) for n, e in failures),
+            failures=tuple([(n, str(e)) for n, e in failures]) if failures else (),
             queued=queued,
         )
 
@@ -895,7 +906,11 @@ class AsyncPool:
             return _placed_result(result, pnode.node, route)  # type: ignore[no-any-return]
 
     async def _stream(
-        self, request: ChatRequest | GenerateRequest, priority: int = 0, passthrough: str | None = None
+        self,
+        request: ChatRequest | GenerateRequest,
+        priority: int = 0,
+        passthrough: str | None = None,
+        sink: Callable[[bytes], bool] | None = None,
     ) -> AsyncIterator[Any]:
         if self._closed:
             raise PoolClosedError("this pool is closed")
@@ -935,7 +950,25 @@ class AsyncPool:
                         decoder = plan.decoder()
                         if passthrough is not None and backend.name == passthrough:
                             rest = b""
-                            async for piece in response.pieces():
+                            take: Callable[[bytes], bool] | None = None
+                            sinking = False  # the consumer has the first piece: `sink` may go on
+
+                            if sink is not None:
+
+                                def take(data: bytes) -> bool:
+                                    # Runs in the node connection's `data_received`: only whole
+                                    # ordinary lines, with nothing held over, go to the sink. It
+                                    # reads `sinking` and `rest` as they are at that moment.
+                                    nonlocal sent
+                                    if not sinking or rest or not data.endswith(b"\n"):  # noqa: B023
+                                        return False
+                                    lines = data.count(b"\n")
+                                    if _ordinary_lines(data) != lines or not sink(data):
+                                        return False
+                                    sent += lines
+                                    return True
+
+                            async for piece in response.pieces(take):
                                 if rest:
                                     piece = rest + piece
                                 end = piece.rfind(b"\n") + 1
@@ -951,6 +984,7 @@ class AsyncPool:
                                 if ordinary == lines:
                                     sent += lines
                                     yield whole
+                                    sinking = True
                                     continue
                                 # Some line ends the stream or carries an error: only such lines
                                 # are decoded; the lines before any error go on as one piece.
@@ -983,6 +1017,7 @@ class AsyncPool:
                                     passed = b"".join(good)
                                     sent += passed.count(b"\n")
                                     yield passed
+                                    sinking = True
                                 if failure is not None:
                                     raise failure
                             for chunk in decoder.feed(rest) + decoder.close():  # close: was there a done line?

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -222,8 +222,10 @@ class StreamedResponse:
         body = await self._response.aread()
         return HttpResponse(status=self.status, headers=self.headers, body=body)
 
-    def pieces(self) -> AsyncIterator[bytes]:
-        """The body as it arrives."""
+    def pieces(self, take: Callable[[bytes], bool] | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives. (`take`, which lets a transport hand pieces on as they arrive
+        (see `sollol.gateway.http1.Answer.pieces`), is not used here: every piece comes from
+        the iterator, which is always correct.)"""
         return self._response.aiter_bytes()
 
 

@@ -35,6 +35,7 @@ from sollol.gateway.wire import (
     Receive,
     Scope,
     Send,
+    direct_sender,
     dumps,
     end_stream,
     header_values,
@@ -390,7 +391,7 @@ class Gateway:
             return
         lines = getattr(self.pool, "stream_lines", None)
         if lines is not None:  # an Ollama node's lines go out as they came, unparsed
-            chunks = await lines(request, passthrough="ollama")
+            chunks = await lines(request, passthrough="ollama", sink=direct_sender(send))
         else:
             chunks = await self.pool.stream(request)
         await self._ndjson(receive, send, chunks, model, chat=True)
@@ -417,7 +418,7 @@ class Gateway:
             return
         lines = getattr(self.pool, "stream_lines", None)
         if lines is not None:
-            chunks = await lines(request, passthrough="ollama")
+            chunks = await lines(request, passthrough="ollama", sink=direct_sender(send))
         else:
             chunks = await self.pool.stream(request)
         await self._ndjson(receive, send, chunks, model, chat=False)

@@ -186,6 +186,16 @@ class Exchange:
         if proto.write_paused:
             await proto.drain()
 
+    def piece_now(self, body: bytes) -> bool:
+        """A started stream's next piece, written with this turn of the loop, from plain code (a
+        node connection's `data_received`); False when it must wait for `piece` instead (the
+        stream has not started or has ended, or the client's socket is full)."""
+        proto = self.proto
+        if not self.started or self.finished or self.head or proto.write_paused or proto.lost:
+            return False
+        proto.write_soon(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
+        return True
+
 
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""

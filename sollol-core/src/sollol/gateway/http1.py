@@ -20,7 +20,7 @@ import json
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -94,6 +94,7 @@ class Connection(asyncio.Protocol):
         "error",
         "expired",
         "last",
+        "offer",
         "transport",
         "waiting",
     )
@@ -113,12 +114,19 @@ class Connection(asyncio.Protocol):
         self.waiting = False
         self.last = 0.0
         self.expired = False
+        #: while a read waits: called with what arrived in `buffer`; True when it took care of
+        #: it (the reader need not wake), False to wake the reader (see `Answer.pieces`)
+        self.offer: Callable[[], bool] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        offer = self.offer
+        if offer is not None and offer():
+            self.last = self._loop.time()  # progress: the read deadline counts from here
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -215,22 +223,50 @@ class Answer:
         self._complete = False
         self._done = False
 
-    async def pieces(self) -> AsyncIterator[bytes]:
-        """The body as it arrives: all of it that is in when the consumer asks, as one piece."""
+    async def pieces(self, take: Callable[[bytes], bool] | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives: all of it that is in when the consumer asks, as one piece.
+
+        `take` (chunked bodies): while the consumer waits for the next piece, what arrives is
+        offered to `take` as it comes, inside the connection's `data_received`; a piece it
+        accepts (True) is the consumer's no more and does not wake it. A stream relayed on
+        untouched (`AsyncPool.stream_lines`) costs a wake-up of the whole consuming task only
+        for the pieces that need a look. `take` must not block, and refuses what it cannot
+        pass on at once.
+        """
         conn = self._conn
         buffer = conn.buffer
         try:
             if self._chunked:
+                held: list[tuple[bytes, bool]] = []
+                offer: Callable[[], bool] | None = None
+                if take is not None:
+
+                    def offer() -> bool:
+                        if held:
+                            return False
+                        try:
+                            data, last = _take_chunks(buffer)
+                        except ValueError:
+                            return False  # the reader raises it
+                        if last or (data and not take(data)):
+                            held.append((data, last))
+                            return False
+                        return True  # taken, or no whole chunk yet: the reader sleeps on
+
                 while True:
                     # Every whole chunk buffered goes out as one piece (one write downstream
                     # instead of one per chunk); a chunk not whole yet waits for the rest.
-                    data, last = _take_chunks(buffer)
+                    data, last = held.pop() if held else _take_chunks(buffer)
                     if data:
                         yield data
                     if last:
                         break
                     if not data:
-                        await conn.more()
+                        conn.offer = offer
+                        try:
+                            await conn.more()
+                        finally:
+                            conn.offer = None
             elif self._length is not None:
                 remaining = self._length
                 while remaining:
@@ -738,9 +774,9 @@ class LeanStreamed:
         """Read the rest as a whole response (used for error answers)."""
         return HttpResponse(status=self.status, headers=self.headers, body=await self._answer.read())
 
-    def pieces(self) -> AsyncIterator[bytes]:
-        """The body as it arrives."""
-        return self._answer.pieces()
+    def pieces(self, take: Callable[[bytes], bool] | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives (`take`: see `Answer.pieces`)."""
+        return self._answer.pieces(take)
 
 
 # -- the same pool behind httpx's API --------------------------------------------------------------

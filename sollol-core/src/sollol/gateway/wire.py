@@ -105,6 +105,14 @@ def piece_sender(send: Send) -> Callable[[bytes], Awaitable[None]]:
     return piece if piece is not None else functools.partial(send_piece, send)
 
 
+def direct_sender(send: Send) -> Callable[[bytes], bool] | None:
+    """The server's way to write a started stream's piece from plain code, when `send` is a
+    method of an object that offers one (`piece_now`: sollol.gateway.fastserver), else None.
+    It returns False for a piece it cannot write at once (which then goes through `send`)."""
+    direct: Callable[[bytes], bool] | None = getattr(getattr(send, "__self__", None), "piece_now", None)
+    return direct
+
+
 async def end_stream(send: Send) -> None:
     """Finish a streamed body."""
     await send({"type": "http.response.body", "body": b"", "more_body": False})
