@@ -84,3 +84,36 @@ def test_only_lines_in_ollamas_own_framing_skip_the_decode() -> None:
     assert _ordinary_lines(line * 2 + final) == 2  # only the last line is decoded
     assert _ordinary_lines(line + b'{"error":"out of memory"}\n' + line) == -1
     assert _ordinary_lines(b'{"done":false,"model":"m"}\n' + line) == 1  # the reordered line is decoded
+
+
+async def test_a_sink_gets_ordinary_lines_as_they_arrive_in_order(loopback_servers: LoopbackServers) -> None:
+    """With `sink`, lines after the first go to it as they arrive; the final line still comes
+    from the iterator (decoded, so the pool learns), and together they are the whole stream."""
+    import sollol.transport
+    from sollol.gateway.http1 import LeanTransport
+
+    slow = OllamaEmulator(
+        EmulatorConfig(name="node0", models=[EmulatedModel(name="llama3.2:latest")], token_delay=0.02)
+    )
+    running = loopback_servers.start(slow)
+    arrived: list[tuple[str, bytes]] = []
+
+    def sink(piece: bytes) -> bool:
+        arrived.append(("sink", piece))
+        return True
+
+    previous = sollol.transport.TRANSPORT_CLASS
+    sollol.transport.TRANSPORT_CLASS = LeanTransport
+    try:
+        async with sollol.AsyncPool([running.address], backend="ollama") as pool:
+            async for piece in await pool.stream_lines(ChatRequest(model="llama3.2", messages=USER), sink=sink):
+                arrived.append(("iterator", piece))  # type: ignore[arg-type]
+            served = pool.nodes()[0]["served"]
+    finally:
+        sollol.transport.TRANSPORT_CLASS = previous
+    lines = [json.loads(line) for _, piece in arrived for line in piece.splitlines()]
+    assert arrived[0][0] == "iterator"  # the first piece: the gateway sends the head with it
+    assert "sink" in [where for where, _ in arrived]
+    assert arrived[-1][0] == "iterator" and lines[-1]["done"] is True
+    assert all(not line["done"] for line in lines[:-1]) and len(lines) >= 3
+    assert served == 1

@@ -282,3 +282,53 @@ def test_one_deadline_per_exchange_bounds_each_gap_not_the_consumer() -> None:
     assert parsed == {"done": 1}
     assert body == b'{"done": 1}\n'
     assert again == 200
+
+
+def test_pieces_offered_as_they_arrive_skip_the_reader_unless_refused() -> None:
+    """With `take`, pieces that arrive while the reader waits go to `take`; what it refuses, and
+    the end of the body, come from the iterator; the connection is kept for the next request."""
+    from sollol.gateway.http1 import LeanTransport
+    from sollol.http import HttpRequest
+    from sollol.node import Node
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for piece in (b"a\n", b"b\n", b"c\n", b"d\n"):
+                await asyncio.sleep(0.03)
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+            await asyncio.sleep(0.03)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async def main() -> tuple[list[bytes], list[bytes], list[bytes], int]:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        node = Node(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+        transport = LeanTransport()
+        taken: list[bytes] = []
+
+        def take(data: bytes) -> bool:
+            if data == b"c\n":
+                return False
+            taken.append(data)
+            return True
+
+        try:
+            async with transport.stream(node, HttpRequest.post("/s", json={}, stream=True)) as response:
+                read = [p async for p in response.pieces(take)]
+            async with transport.stream(node, HttpRequest.post("/s", json={}, stream=True)) as response:
+                again = [p async for p in response.pieces()]
+            return taken, read, again, len(transport._pool._idle[("http", "127.0.0.1", node.port)])
+        finally:
+            await transport.aclose()
+            server.close()
+
+    taken, read, again, idle = asyncio.run(main())
+    assert (taken, read) == ([b"a\n", b"b\n", b"d\n"], [b"c\n"])
+    assert b"".join(again) == b"a\nb\nc\nd\n"  # without `take`, everything from the iterator
+    assert idle == 1  # one connection served both, and is kept

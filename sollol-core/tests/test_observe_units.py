@@ -301,3 +301,33 @@ def test_counting_a_mixed_batch_at_once_matches_counting_it_record_by_record() -
     assert counted == {key: pytest.approx(value) for key, value in expected.items()}  # sums: float order
     assert feed_whole.series() == feed_single.series() and feed_whole.decisions() == feed_single.decisions()
     assert sum(feed_whole.series()["requests"]) == 60
+
+
+def test_a_batch_of_request_records_alone_pairs_streams_as_one_by_one() -> None:
+    """Records only (what the pool delivers while streams run): each routed record opens a
+    decision its ending closes, as when the same records come one at a time."""
+    from sollol.activity import Route
+
+    def session() -> list[RequestRecord]:
+        shared = [Route(node=n, tried=(n,), policy="sollol", score=-0.1, parts=(("load", 0.0),)) for n in "abc"]
+        out = []
+        for index, (node, route) in enumerate(zip("abc", shared, strict=True)):
+            out.append(RequestRecord.from_event(routed(node, 100.0 + index)))
+            out[-1] = out[-1]._replace(route=route)  # the pool's routed and ending records share a route
+        out.append(RequestRecord.from_event(finished("b", 103.0, 0.5))._replace(route=shared[1]))
+        out.append(
+            RequestRecord.from_event(
+                ActivityEvent(kind="request.failed", node="a", model="llama3.2", at=103.5, data={"reason": "boom"})
+            )._replace(route=shared[0])
+        )
+        out.append(RequestRecord.from_event(finished("d", 104.0, 0.1))._replace(routed=True))  # a plain request
+        return out
+
+    one, batched = StatusFeed(clock=lambda: 104.5), StatusFeed(clock=lambda: 104.5)
+    for record in session():  # each beside an event: the general path, record by record
+        one.sollol_activity_batch([record, ActivityEvent(kind="model.loaded", node="x", at=record.at)])
+    batched.sollol_activity_batch(session())
+    assert batched.decisions() == one.decisions()
+    assert batched.series() == one.series()
+    outcomes = [(d["node"], d["outcome"]) for d in batched.decisions()]
+    assert outcomes == [("d", "ok"), ("c", "running"), ("b", "ok"), ("a", "error")]

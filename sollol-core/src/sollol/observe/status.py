@@ -63,17 +63,40 @@ class StatusFeed:
     @hookimpl
     def sollol_activity_batch(self, batch: Sequence[RequestRecord | ActivityEvent]) -> None:
         """Take in what happened since the last batch."""
+        decisions, running = self._decisions, self._running
         if len(set(map(type, batch))) == 1 and type(batch[0]) is RequestRecord:
             records = cast(Sequence[RequestRecord], batch)
             kinds = list(map(_KIND, records))
             if ROUTED not in kinds and all(map(_ROUTED_FLAG, records)):
                 # the usual batch: requests that ended on their first attempt, each record its
                 # own decision and outcome
-                self._decisions.extend(records)
+                decisions.extend(records)
                 self.tally(records, kinds)
                 return
+            # Streams and retries: a routed record opens a decision that its ending closes.
+            # Records only (no events to convert), so the loop reads fields and nothing else.
+            done: list[RequestRecord] = []
+            for record in records:
+                if record.kind == ROUTED:
+                    opened = [record, None]
+                    decisions.append(opened)
+                    running[id(record.route)] = opened  # the key `_pending_key` gives
+                elif record.routed:
+                    decisions.append(record)
+                    done.append(record)
+                else:
+                    pending = running.pop(id(record.route), None)
+                    if pending is None and record.route is _NO_ROUTE:  # a record made from an event
+                        pending = _newest_on(running, record.node)
+                    if pending is not None:
+                        pending[1] = record
+                    done.append(record)
+            while len(running) > _RUNNING_LIMIT:  # attempts that never ended (cancelled streams)
+                del running[next(iter(running))]
+            if done:
+                self.tally(done)
+            return
         ended: list[RequestRecord] = []
-        decisions, running = self._decisions, self._running
         for entry in batch:
             if type(entry) is not RequestRecord:
                 kind = entry.kind
