@@ -187,13 +187,22 @@ class Exchange:
             await proto.drain()
 
     def piece_now(self, body: bytes) -> bool:
-        """A started stream's next piece, written with this turn of the loop, from plain code (a
-        node connection's `data_received`); False when it must wait for `piece` instead (the
-        stream has not started or has ended, or the client's socket is full)."""
+        """A started stream's next piece, from plain code (a node connection's `data_received`);
+        False when it must wait for `piece` instead (the stream has not started or has ended,
+        or the client's socket is full).
+
+        It leaves at once unless something written this turn waits to go (then with it, after
+        it): a node connection hands over what one read brought, and nothing else of this
+        stream can come in the same turn to share the send.
+        """
         proto = self.proto
         if not self.started or self.finished or self.head or proto.write_paused or proto.lost:
             return False
-        proto.write_soon(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
+        data = b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
+        if proto._out is None and proto.transport is not None:
+            proto.transport.write(data)
+        else:
+            proto.write_soon(data)
         return True
 
 
