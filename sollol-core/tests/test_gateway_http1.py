@@ -332,3 +332,54 @@ def test_pieces_offered_as_they_arrive_skip_the_reader_unless_refused() -> None:
     assert (taken, read) == ([b"a\n", b"b\n", b"d\n"], [b"c\n"])
     assert b"".join(again) == b"a\nb\nc\nd\n"  # without `take`, everything from the iterator
     assert idle == 1  # one connection served both, and is kept
+
+
+def test_after_finish_the_body_end_is_awaited_in_the_background() -> None:
+    """`finish()`: the pieces end after the last one given; the connection goes back to the pool
+    when the body's end arrives later, and is closed when more data comes instead."""
+    from sollol.gateway.http1 import LeanTransport
+    from sollol.http import HttpRequest
+    from sollol.node import Node
+
+    connections: list[asyncio.StreamWriter] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            try:
+                request = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nz\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(b"2\r\nx\n\r\n" if b"/more" in request else b"")
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async def main() -> tuple[list[object], ...]:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        node = Node(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+        transport = LeanTransport()
+        origin = ("http", "127.0.0.1", node.port)
+        timeline: list[object] = []
+        try:
+            loop = asyncio.get_running_loop()
+            for path in ("/end", "/end", "/more", "/end"):
+                began = loop.time()
+                async with transport.stream(node, HttpRequest.post(path, json={}, stream=True)) as response:
+                    async for piece in response.pieces():
+                        timeline.append(piece)
+                        response.finish()
+                timeline.append(loop.time() - began < 0.09)  # not held up by the late end
+                await asyncio.sleep(0.2)  # the end (or more data) arrives meanwhile
+                timeline.append(len(transport._pool._idle.get(origin, [])))
+            return timeline, [len(connections)]
+        finally:
+            await transport.aclose()
+            server.close()
+
+    timeline, opened = asyncio.run(main())
+    # Each answer's one piece, at once; kept after /end, closed after /more (more data than the end).
+    assert timeline == [b"z\n", True, 1, b"z\n", True, 1, b"z\n", True, 0, b"z\n", True, 1]
+    assert opened == [2]  # one connection until /more, a new one after it

@@ -950,6 +950,7 @@ class AsyncPool:
                         decoder = plan.decoder()
                         if passthrough is not None and backend.name == passthrough:
                             rest = b""
+                            finish: Callable[[], None] | None = getattr(response, "finish", None)
                             take: Callable[[bytes], bool] | None = None
                             sinking = False  # the consumer has the first piece: `sink` may go on
 
@@ -1022,6 +1023,8 @@ class AsyncPool:
                                     sinking = True
                                 if failure is not None:
                                     raise failure
+                                if done and not rest and finish is not None:
+                                    finish()  # the final line came: the body's end is not waited for
                             for chunk in decoder.feed(rest) + decoder.close():  # close: was there a done line?
                                 sent += 1
                                 if chunk.usage is not None:

@@ -144,6 +144,7 @@ class Connection(asyncio.Protocol):
 
     def _end(self, exc: BaseException | None) -> None:
         self.closed = True
+        self.offer = None
         if exc is not None and self.error is None:
             self.error = exc
         waiter = self._waiter
@@ -189,6 +190,7 @@ class Answer:
         "_complete",
         "_conn",
         "_done",
+        "_ending",
         "_keep",
         "_length",
         "_origin",
@@ -222,6 +224,7 @@ class Answer:
         self._keep = keep and (chunked or length is not None)
         self._complete = False
         self._done = False
+        self._ending = False
 
     async def pieces(self, take: Callable[[bytes], bool] | None = None) -> AsyncIterator[bytes]:
         """The body as it arrives: all of it that is in when the consumer asks, as one piece.
@@ -259,6 +262,8 @@ class Answer:
                     data, last = held.pop() if held else _take_chunks(buffer)
                     if data:
                         yield data
+                        if self._ending and not last:
+                            return  # the consumer has what it needs: `close` lets the end come later
                     if last:
                         break
                     if not data:
@@ -325,16 +330,56 @@ class Answer:
             return body
         return b"".join([piece async for piece in self.pieces()])
 
+    def finish(self) -> None:
+        """The consumer has every piece it needs (a stream's final line came): `pieces()` ends
+        after the piece it gave last, and `close()` keeps the connection if what still arrives
+        is only the end of the chunked body, without waiting for it."""
+        self._ending = True
+
     def close(self) -> None:
-        """Give the connection back when the body was read whole, else close it."""
+        """Give the connection back when the body was read whole, else close it (or, after
+        `finish()`, give it back once the body's end arrives)."""
         if self._done:
             return
         self._done = True
-        self._pool.unwatch(self._conn)
+        conn = self._conn
         if self._complete and self._keep:
-            self._pool.give_back(self._origin, self._conn)
+            self._pool.unwatch(conn)
+            self._pool.give_back(self._origin, conn)
+        elif self._ending and self._keep and self._chunked and not conn.closed:
+            self._drain()
         else:
-            self._conn.close()
+            self._pool.unwatch(conn)
+            conn.close()
+
+    def _drain(self) -> None:
+        """Wait, in the background, for the end of a body whose data the consumer has read: the
+        last chunk gives the connection back; anything else (more data, a malformed chunk) closes
+        it; the read deadline still bounds the wait."""
+        conn, pool, origin, buffer = self._conn, self._pool, self._origin, self._conn.buffer
+        ended = False
+
+        def drain() -> bool:
+            nonlocal ended
+            try:
+                data, last = _take_chunks(buffer)
+            except ValueError:
+                data, last = b"?", False
+            if data or last:
+                ended = True
+                conn.offer = None
+                pool.unwatch(conn)
+                if data:
+                    conn.close()  # more body than the consumer expected: the connection is not reusable
+                else:
+                    pool.give_back(origin, conn)
+            return True  # never wakes anyone: nobody waits
+
+        drain()
+        if not ended:
+            conn.offer = drain
+            conn.waiting = True
+            conn.last = pool.now()
 
 
 def _chunk_size(line: bytes | bytearray) -> int:
@@ -430,6 +475,13 @@ class Http1Pool:
             self._tick = tick
             self._sweeper = loop.call_later(tick, self._sweep, loop)
 
+    def now(self) -> float:
+        """The loop's clock (what the read deadlines count in)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
+
     def unwatch(self, conn: Connection) -> None:
         """The exchange on `conn` is over."""
         self._watched.discard(conn)
@@ -492,6 +544,9 @@ class Http1Pool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+        for conn in list(self._watched):  # in an exchange, or waiting for a body's end
+            conn.close()
+        self._watched.clear()
 
     async def exchange(
         self,
@@ -783,6 +838,10 @@ class LeanStreamed:
     def pieces(self, take: Callable[[bytes], bool] | None = None) -> AsyncIterator[bytes]:
         """The body as it arrives (`take`: see `Answer.pieces`)."""
         return self._answer.pieces(take)
+
+    def finish(self) -> None:
+        """The consumer has what it needs (see `Answer.finish`)."""
+        self._answer.finish()
 
 
 # -- the same pool behind httpx's API --------------------------------------------------------------
