@@ -383,3 +383,34 @@ def test_after_finish_the_body_end_is_awaited_in_the_background() -> None:
     # Each answer's one piece, at once; kept after /end, closed after /more (more data than the end).
     assert timeline == [b"z\n", True, 1, b"z\n", True, 1, b"z\n", True, 0, b"z\n", True, 1]
     assert opened == [2]  # one connection until /more, a new one after it
+
+
+def test_chunks_split_at_once_agree_with_the_walk_on_any_cut() -> None:
+    """The one-split path and the chunk-by-chunk walk take the same from any buffer: bodies cut
+    at every possible point, with data that holds CRLFs, extensions and trailers."""
+    import random
+
+    from sollol.gateway.http1 import _split_chunks, _take_chunks, _walk_chunks
+
+    rng = random.Random(7)
+    for case in range(300):
+        pieces = [bytes(rng.choice(b'ab{}":\r\n') for _ in range(rng.randint(1, 12))) for _ in range(rng.randint(0, 6))]
+        ext = b";x=1" if case % 7 == 0 else b""
+        trailers = b"x-t: 1\r\n" if case % 11 == 0 else b""
+        body = b"".join(b"%x%s\r\n%s\r\n" % (len(p), ext, p) for p in pieces) + b"0\r\n" + trailers + b"\r\n"
+        cut = rng.randint(0, len(body))
+        split, walk = bytearray(body[:cut]), bytearray(body[:cut])
+        fast = _split_chunks(split)
+        slow = _walk_chunks(walk)
+        if fast is not None:
+            assert (fast, bytes(split)) == (slow, bytes(walk)), (body, cut)
+        # Fed in two parts through `_take_chunks`, the whole body comes out, and the end is seen.
+        buffer, got, ended = bytearray(body[:cut]), b"", False
+        data, ended = _take_chunks(buffer)
+        got += data
+        buffer += body[cut:]
+        while not ended:
+            data, ended = _take_chunks(buffer)
+            got += data
+            assert data or ended, (body, cut)
+        assert (got, buffer) == (b"".join(pieces), bytearray()), (body, cut)
