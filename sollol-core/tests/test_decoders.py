@@ -86,3 +86,25 @@ def test_prometheus_sum_across_labels_with_fallback_name() -> None:
     assert metric_sum(samples, "vllm:num_requests_running") == 5.0
     assert metric_sum(samples, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc") == 0.5
     assert metric_sum(samples, "nope") is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        *(b'{"a": 1}', b'  {"a":1}', b'{"a":1}  \n', b"[1,2]", b'"x"', b"1", b'{"a":"\xc3\xa9"}'),
+        *(b'{"a":1} x', b"", b"{", b"nul", b"\xff{}", b'{"a":1}\x0b'),
+    ],
+)
+def test_parse_json_reads_and_refuses_as_json_loads_does(body: bytes) -> None:
+    """The straight-to-the-scanner path gives `json.loads`'s value, or a ValueError where it fails."""
+    import json
+
+    from sollol.http import parse_json
+
+    try:
+        expected: object = json.loads(body)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_json(body)
+        return
+    assert parse_json(body) == expected

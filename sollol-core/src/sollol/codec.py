@@ -16,7 +16,7 @@ import attrs
 from sollol.activity import Activity, ModelInfo
 from sollol.detection import NodeState
 from sollol.errors import BackendError, ProtocolError, StreamError, error_for_status
-from sollol.http import Exchange, HttpRequest, HttpResponse
+from sollol.http import Exchange, HttpRequest, HttpResponse, parse_json
 from sollol.inference import (
     ChatRequest,
     ChatResult,
@@ -190,7 +190,7 @@ class SseEvents:
 
 def _loads(line: bytes | str) -> Any:
     try:
-        return json.loads(line)
+        return parse_json(line) if type(line) is bytes else json.loads(line)
     except ValueError:
         text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
         raise ProtocolError(f"malformed stream line: {text[:200]!r}") from None

@@ -106,13 +106,25 @@ class HttpResponse:
         return data if isinstance(data, dict) else None
 
 
-_decode = _json.JSONDecoder().decode
+_decoder = _json.JSONDecoder()
+_decode = _decoder.decode
+_scan = _decoder.scan_once  # type: ignore[attr-defined]  # the C scanner behind `decode`, minus two Python frames
 
 
 def parse_json(body: bytes) -> Any:
     """`json.loads` of a UTF-8 body without its encoding detection (HTTP JSON is UTF-8; anything
-    else is malformed: `UnicodeDecodeError` is a `ValueError` too)."""
-    return _decode(body.decode("utf-8"))
+    else is malformed: `UnicodeDecodeError` is a `ValueError` too).
+
+    The document is scanned straight away; whitespace before it, or anything wrong, goes to the
+    full decoder, which says what is wrong as `json.loads` would."""
+    text = body.decode("utf-8")
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return _decode(text)
+    if end == len(text) or not text[end:].strip(" \t\n\r"):
+        return value
+    return _decode(text)
 
 
 def fetch(request: HttpRequest) -> Exchange[HttpResponse]:
