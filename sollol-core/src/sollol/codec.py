@@ -98,6 +98,8 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Complete lines in `data` (without their line ends)."""
+        if not self._buffer and data.endswith(b"\n") and data.count(b"\n") == 1:
+            return [data[:-1].rstrip(b"\r")]  # one whole line, the usual case
         self._buffer += data
         if b"\n" not in self._buffer:
             return []
@@ -245,7 +247,10 @@ def http_error(response: HttpResponse) -> BackendError:
 
 def inband_error(payload: Any) -> BackendError | None:
     """The error carried by a stream event, or None for a normal event."""
-    if not isinstance(payload, Mapping) or "error" not in payload or payload.get("error") is None:
+    if type(payload) is dict:  # what JSON gives: no ABC check (it costs a Python call)
+        if payload.get("error") is None:
+            return None
+    elif not isinstance(payload, Mapping) or payload.get("error") is None:
         return None
     message, kind = error_message(payload, "error in stream")
     status = 0

@@ -230,8 +230,11 @@ class Sollol:
             pick = targets[owner_at]
             best = costs[owner_at] - owner_bonus
         else:
-            near = [i for i, cost in enumerate(costs) if cost <= limit]
-            chosen = near[0] if len(near) == 1 else rng.choice(near)
+            if len(costs) == 1:
+                chosen = 0
+            else:
+                near = [i for i, cost in enumerate(costs) if cost <= limit]
+                chosen = near[0] if len(near) == 1 else rng.choice(near)
             pick = targets[chosen]
             best = costs[chosen]
         return Choice(node=pick.pnode, score=-best, parts=self.parts(pick, tokens, owner))

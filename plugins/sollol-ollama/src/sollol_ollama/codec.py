@@ -68,7 +68,7 @@ class OllamaStream:
         error = inband_error(payload)
         if error is not None:
             raise error
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             raise ProtocolError(f"stream line is not an object: {payload!r}")
         done = bool(payload.get("done"))
         if self._field == "message":
