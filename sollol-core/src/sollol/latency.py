@@ -43,7 +43,10 @@ class ModelStats:
 
     def observe(self, *, ttft: float | None = None, per_token: float | None = None, tokens: int | None = None) -> None:
         """Fold one finished request into the averages (the first one replaces the prior)."""
-        # (the blend written out: this runs twice for every request served)
+        self.fold(ttft, per_token, tokens)
+
+    def fold(self, ttft: float | None, per_token: float | None, tokens: int | None) -> None:
+        """`observe` with positional arguments (the pool calls it twice for every request served)."""
         first = self.samples == 0
         if ttft is not None and ttft >= 0:
             self.ttft = ttft if first else self.ttft + ALPHA * (ttft - self.ttft)

@@ -818,13 +818,13 @@ class AsyncPool:
                 ttft = per_token = None
             else:
                 ttft, per_token = split_timing(max(elapsed - load, 0.0), tokens, stats)
-            stats.observe(ttft=ttft, per_token=per_token, tokens=tokens)
+            stats.fold(ttft, per_token, tokens)
             assert self._router is not None
             cluster = self._router.cluster
             shared = cluster.get(target.key)
             if shared is None:
                 shared = cluster[target.key] = ModelStats(stats.ttft, stats.per_token, stats.tokens)
-            shared.observe(ttft=ttft, per_token=per_token, tokens=tokens)
+            shared.fold(ttft, per_token, tokens)
         if self._plugins.observers:  # type: ignore[union-attr]  # (a call less than `_observed()`)
             # Every served request passes here: the record is built as a plain tuple (its fields
             # in order, see RequestRecord), a fifth of the cost of an event and its dict, and

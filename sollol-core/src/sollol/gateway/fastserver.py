@@ -51,6 +51,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _END = b"0\r\n\r\n"
 _COALESCE_LIMIT = 1 << 16  # bytes `write_soon` holds before it writes at once
 _MAX_QUEUED = 16  # pipelined requests waiting for their turn before reading pauses
+_STREAM_HEADS: dict[tuple[Any, ...], bytes] = {}  # see `Exchange._stream_head`
 
 
 def _status_line(status: int) -> bytes:
@@ -136,33 +137,27 @@ class Exchange:
         proto = self.proto
         if not self.started:
             self.started = True
-            parts = [_status_line(self.status)]
-            has_length = False
-            for name, value in self._headers:
-                if name == b"content-length":
-                    has_length = True
-                parts.append(name + b": " + value + b"\r\n")
-            if more:  # a stream
+            if more:  # a stream: its head leaves with whatever else is ready in this turn of the loop
                 self.streaming = True
-                if self.chunked:
-                    parts.append(_CHUNKED)
-                else:  # HTTP/1.0: the body ends when the connection does
+                if not self.chunked:  # HTTP/1.0: the body ends when the connection does
                     self.keep_alive = False
-                if not self.keep_alive:
-                    parts.append(_CLOSE)
-                parts.append(b"\r\n")
+                head = self._stream_head()
                 if body and not self.head:
-                    parts.append(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
+                    head += b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
+                proto.write_soon(head)
             else:
+                parts = [_status_line(self.status)]
+                has_length = False
+                for name, value in self._headers:
+                    if name == b"content-length":
+                        has_length = True
+                    parts.append(name + b": " + value + b"\r\n")
                 if not has_length:
                     parts.append(b"content-length: %d\r\n" % len(body))
                 parts.append(_CLOSE if not self.keep_alive else _KEEP if self.scope["http_version"] == "1.0" else b"")
                 parts.append(b"\r\n")
                 if not self.head:
                     parts.append(body)
-            if more:  # a stream's head leaves with whatever else is ready in this turn of the loop
-                proto.write_soon(b"".join(parts))
-            else:
                 proto.write(b"".join(parts))
         elif body and not self.head:
             proto.write_soon(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
@@ -173,6 +168,28 @@ class Exchange:
             proto.flush()
         if proto.write_paused:
             await proto.drain()
+
+    def _stream_head(self) -> bytes:
+        """A stream's head; the same for every stream of a status and a constant header tuple
+        (`sollol.gateway.wire.start_stream` gives one), so those are built once."""
+        headers = self._headers
+        key = (self.status, headers, self.chunked, self.keep_alive) if type(headers) is tuple else None
+        if key is not None:
+            head = _STREAM_HEADS.get(key)
+            if head is not None:
+                return head
+        parts = [_status_line(self.status)]
+        for name, value in headers:
+            parts.append(name + b": " + value + b"\r\n")
+        if self.chunked:
+            parts.append(_CHUNKED)
+        if not self.keep_alive:
+            parts.append(_CLOSE)
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if key is not None and len(_STREAM_HEADS) < 64:
+            _STREAM_HEADS[key] = head
+        return head
 
     async def piece(self, body: bytes) -> None:
         """A started stream's next piece: what `send` does with `more_body`, without building and

@@ -84,11 +84,19 @@ async def send_json(send: Send, obj: Any, status: int = 200, headers: Iterable[t
     await send_body(send, status, dumps(obj), JSON_TYPE, headers)
 
 
+_SSE_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
+#: a stream's headers per content type, one constant tuple each (a server may build its head once)
+_STREAM_HEADERS = {
+    NDJSON_TYPE: ((b"content-type", NDJSON_TYPE),),
+    SSE_TYPE: ((b"content-type", SSE_TYPE), *_SSE_HEADERS),
+}
+
+
 async def start_stream(send: Send, content_type: bytes, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
     """Begin a 200 streamed response (chunked)."""
-    headers = [(b"content-type", content_type), *extra]
-    if content_type == SSE_TYPE:
-        headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+    headers = _STREAM_HEADERS.get(content_type) if not extra else None
+    if headers is None:
+        headers = ((b"content-type", content_type), *extra, *(_SSE_HEADERS if content_type == SSE_TYPE else ()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
 
 
