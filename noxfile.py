@@ -152,6 +152,17 @@ def bench_gateway_floor(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_gateway_opcodes(session: nox.Session) -> None:
+    """Python bytecodes per request of the gateway, per function (benchmarks/gateway_opcodes.py).
+
+    nox -s bench_gateway_opcodes            # this tree
+    nox -s bench_gateway_opcodes -- /tmp/before
+    """
+    session.install(*_editable(CORE, "plugins/sollol-ollama"))
+    session.run("python", str(ROOT / "benchmarks" / "gateway_opcodes.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench_gateway_ab(session: nox.Session) -> None:
     """Two source trees' `sollol serve` side by side, CPU per request (benchmarks/gateway_ab.py).
 
