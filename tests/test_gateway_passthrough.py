@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -117,3 +118,54 @@ async def test_a_sink_gets_ordinary_lines_as_they_arrive_in_order(loopback_serve
     assert arrived[-1][0] == "iterator" and lines[-1]["done"] is True
     assert all(not line["done"] for line in lines[:-1]) and len(lines) >= 3
     assert served == 1
+
+
+async def test_a_stream_that_ends_before_its_announcement_is_delivered_is_one_record(
+    loopback_servers: LoopbackServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream's `request.routed` waits in the journal; when the stream ends before it was
+    delivered, its ending takes its place (one record with the decision, at the routing time);
+    when it was delivered meanwhile (the dashboard saw it running), the ending follows on its own."""
+    import sollol.pool
+    from sollol.activity import RequestRecord
+
+    monkeypatch.setattr(sollol.pool, "DELIVERY_DELAY", 60.0)  # nothing goes out unless asked for
+    slow = OllamaEmulator(
+        EmulatorConfig(name="node0", models=[EmulatedModel(name="llama3.2:latest")], token_delay=0.01)
+    )
+    running = loopback_servers.start(slow)
+    batches: list[list[RequestRecord]] = []
+
+    class Batches:
+        @sollol.hookimpl
+        def sollol_activity_batch(self, batch: list[RequestRecord]) -> None:
+            batches.append([r for r in batch if type(r) is RequestRecord])
+
+    async with sollol.AsyncPool([running.address], backend="ollama") as pool:
+        pool.plugins.add_observer(Batches(), name="batches")
+        pool.deliver_activity()
+        batches.clear()
+        request = ChatRequest(model="llama3.2", messages=USER)
+        began = time.time()
+        async for _ in await pool.stream_lines(request):
+            pass
+        ended = time.time()
+        pool.deliver_activity()
+        (whole,) = batches
+        assert [(r.kind, r.routed) for r in whole] == [("request.finished", True)]
+        record = whole[0]
+        assert record.chunks >= 3 and record.ttft is not None and record.latency is not None
+        assert began <= record.at <= ended - record.latency + 0.01  # when it was routed, not when it ended
+
+        batches.clear()
+        chunks = await pool.stream_lines(request)
+        await anext(chunks)
+        pool.deliver_activity()  # a delivery while the stream runs: it is shown as running
+        async for _ in chunks:
+            pass
+        pool.deliver_activity()
+        assert [[(r.kind, r.routed) for r in batch] for batch in batches] == [
+            [("request.routed", True)],
+            [("request.finished", False)],
+        ]
+        assert batches[0][0].route is batches[1][0].route  # paired by their route

@@ -682,7 +682,7 @@ class AsyncPool:
         A plain first attempt (not queued, not a stream) emits no `request.routed`: its
         `request.finished` or `request.failed` carries the decision (`routed: True`), so a
         request costs one event. Retries, queued requests and streams (which the dashboard
-        shows while they run) announce it now.
+        shows while they run) announce it now (a stream's announcement: see `_announced`).
         """
         if pnode.breaker.state is CircuitState.HALF_OPEN:
             pnode.breaker.start_trial()
@@ -713,6 +713,18 @@ class AsyncPool:
                 )
             return False
         return True
+
+    def _announced(self, route: Route) -> tuple[RequestRecord, list[Any], int] | None:
+        """Right after `_dispatching` announced a stream (`route`): its `request.routed` record, the
+        journal it waits in and its place there (None when nobody observes, or it is delivered
+        already). A stream that ends while the record still waits folds its ending into it
+        (`_succeeded`): one record, as for a plain request."""
+        journal = self._journal
+        if journal:
+            record = journal[-1]
+            if type(record) is RequestRecord and record.route is route:
+                return record, journal, len(journal) - 1
+        return None
 
     def _failed(
         self,
@@ -784,11 +796,17 @@ class AsyncPool:
         chunks: int,
         waited: bool = False,
         folded: bool = False,
+        announced: tuple[RequestRecord, list[Any], int] | None = None,
     ) -> None:
         """Account a served request: breaker, warmth, latency.
 
         `folded`: no `request.routed` was emitted for this attempt, so `request.finished`
         carries the routing decision too (`routed: True`): one event for the request.
+
+        `announced`: a stream's `request.routed`, if it is still waiting for delivery (see
+        `_announced`): the ending takes its place, with the routing decision (`routed: True`)
+        and its time (`at`, when it was routed, so the journal stays in time order): observers
+        get one record for a stream that ended within a delivery, as for a plain request.
 
         `waited`: the node was at its parallel slots when the request was sent, so the time
         to the first byte includes waiting in the node's own queue: not a service time.
@@ -830,6 +848,30 @@ class AsyncPool:
             # in order, see RequestRecord), a fifth of the cost of an event and its dict, and
             # noted as `_note` does, without the call.
             journal = self._journal
+            if announced is not None and announced[1] is journal:
+                routed, _, place = announced
+                journal[place] = _record(
+                    RequestRecord,
+                    (
+                        "request.finished",
+                        pnode.id,
+                        request.model,
+                        request.operation,
+                        request.protocol,
+                        routed.at,
+                        route,
+                        True,
+                        len(route.tried),
+                        elapsed,
+                        first,
+                        chunks,
+                        load,
+                        None,
+                        None,
+                        None,
+                    ),
+                )
+                return
             journal.append(
                 _record(
                     RequestRecord,
@@ -936,6 +978,7 @@ class AsyncPool:
             )
             route = self._route(choice, tried, failures, queued)
             self._dispatching(pnode, request, route, stream=True)
+            announced = self._announced(route)
             sent = 0
             first: float | None = None
             usage: Usage | None = None
@@ -1068,11 +1111,13 @@ class AsyncPool:
                 continue
             except GeneratorExit:
                 if sent and done:  # closed right after the final chunk (the gateway's SSE does): served
+                    elapsed = time.perf_counter() - started
                     self._succeeded(
-                        pnode, target, request, route, time.perf_counter() - started, usage, first, sent, waited
+                        pnode, target, request, route, elapsed, usage, first, sent, waited, False, announced
                     )
                 raise
-            self._succeeded(pnode, target, request, route, time.perf_counter() - started, usage, first, sent, waited)
+            elapsed = time.perf_counter() - started
+            self._succeeded(pnode, target, request, route, elapsed, usage, first, sent, waited, False, announced)
             return
 
 
