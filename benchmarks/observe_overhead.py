@@ -350,8 +350,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def controls(seconds: float, rounds: int, clients: int, slices: int = 8) -> dict[str, float]:
-    """Gateway CPU per request (ms) of each `CONTROLS` variant, non-streamed: every round a fresh
+def controls(seconds: float, rounds: int, clients: int, slices: int = 8, stream: bool = False) -> dict[str, float]:
+    """Gateway CPU per request (ms) of each `CONTROLS` variant (streamed or not): every round a fresh
     gateway of each, loaded one at a time in alternating short slices (as `run`); medians."""
     node_port = free_port()
     node = start_node(node_port)
@@ -365,8 +365,8 @@ def controls(seconds: float, rounds: int, clients: int, slices: int = 8) -> dict
                     port = free_port()
                     procs.append(start_gateway(port, node_port, name))
                     sides.append((port, procs[-1].pid))
-                    generator.run(port, 16, False, 0.4)  # not measured: a fresh gateway's first requests
-                results = alternate(sides, clients, False, seconds, slices, generator, index % 2 == 1)
+                    generator.run(port, 16, stream, 0.4)  # not measured: a fresh gateway's first requests
+                results = alternate(sides, clients, stream, seconds, slices, generator, index % 2 == 1)
             finally:
                 for proc in reversed(procs):
                     stop(proc)
@@ -389,8 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--controls",
         action="store_true",
-        help="instead: where the cost sits, CPU per request of each control variant (non-streamed, first --clients)",
+        help="instead: where the cost sits, CPU per request of each control variant (first --clients)",
     )
+    parser.add_argument("--stream", action="store_true", help="with --controls: streamed requests")
     parser.add_argument(
         "--slices", type=int, default=8, help="short runs per side that each scenario's seconds are cut into"
     )
@@ -402,8 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.controls:
         clients = int(args.clients.split(",")[0])
-        medians = controls(args.seconds, args.rounds, clients, args.slices)
-        print(f"gateway CPU per request, {clients} clients non-streamed, medians of {args.rounds} rounds:")
+        medians = controls(args.seconds, args.rounds, clients, args.slices, args.stream)
+        kind = "streamed" if args.stream else "non-streamed"
+        print(f"gateway CPU per request, {clients} clients {kind}, medians of {args.rounds} rounds:")
         for name, value in medians.items():
             print(f"  {name:8} {value:.4f} ms ({(value - medians['off']) * 1000:+.1f} us)  {CONTROLS[name]}")
         return 0

@@ -848,53 +848,36 @@ class AsyncPool:
             # in order, see RequestRecord), a fifth of the cost of an event and its dict, and
             # noted as `_note` does, without the call.
             journal = self._journal
+            place = -1
             if announced is not None and announced[1] is journal:
-                routed, _, place = announced
-                journal[place] = _record(
-                    RequestRecord,
-                    (
-                        "request.finished",
-                        pnode.id,
-                        request.model,
-                        request.operation,
-                        request.protocol,
-                        routed.at,
-                        route,
-                        True,
-                        len(route.tried),
-                        elapsed,
-                        first,
-                        chunks,
-                        load,
-                        None,
-                        None,
-                        None,
-                    ),
-                )
-                return
-            journal.append(
-                _record(
-                    RequestRecord,
-                    (
-                        "request.finished",
-                        pnode.id,
-                        request.model,
-                        request.operation,
-                        request.protocol,
-                        _now(),
-                        route,
-                        folded,
-                        len(route.tried),
-                        elapsed,
-                        first,
-                        chunks,
-                        load,
-                        None,
-                        None,
-                        None,
-                    ),
-                )
+                at, folded, place = announced[0].at, True, announced[2]
+            else:
+                at = _now()
+            record = _record(
+                RequestRecord,
+                (
+                    "request.finished",
+                    pnode.id,
+                    request.model,
+                    request.operation,
+                    request.protocol,
+                    at,
+                    route,
+                    folded,
+                    len(route.tried),
+                    elapsed,
+                    first,
+                    chunks,
+                    load,
+                    None,
+                    None,
+                    None,
+                ),
             )
+            if place >= 0:
+                journal[place] = record  # the stream's announcement, not yet delivered, becomes its ending
+                return
+            journal.append(record)
             if self._delivery is None or len(journal) >= JOURNAL_LIMIT:
                 self._schedule_delivery()
 

@@ -9,10 +9,12 @@ report are null, never invented. No credential ever appears in it.
 from __future__ import annotations
 
 import asyncio
+import operator
 import re
 import time
 from collections import _count_elements, deque  # type: ignore[attr-defined]
 from collections.abc import Callable, Mapping, Sequence
+from itertools import compress
 from typing import Any, cast
 
 from sollol.activity import _NO_ROUTE, ActivityEvent, RequestRecord, fields, present
@@ -73,26 +75,26 @@ class StatusFeed:
                 decisions.extend(records)
                 self.tally(records, kinds)
                 return
-            # Streams and retries: a routed record opens a decision that its ending closes.
-            # Records only (no events to convert), so the loop reads fields and nothing else.
-            done: list[RequestRecord] = []
-            for record in records:
+            # Streams and retries. Records that carry their own decision go in at once (C-level
+            # passes); only a routed record (it opens a decision) and an ending without its
+            # decision (it closes one) take a step of the loop. `decisions()` puts them in order.
+            flags = list(map(_ROUTED_FLAG, records))
+            own = list(map(_AND, flags, map(_NOT_ROUTED, kinds)))
+            decisions.extend(compress(records, own))
+            for record in compress(records, map(_NOT, own)):
                 if record.kind == ROUTED:
                     opened = [record, None]
                     decisions.append(opened)
                     running[id(record.route)] = opened  # the key `_pending_key` gives
-                elif record.routed:
-                    decisions.append(record)
-                    done.append(record)
                 else:
                     pending = running.pop(id(record.route), None)
                     if pending is None and record.route is _NO_ROUTE:  # a record made from an event
                         pending = _newest_on(running, record.node)
                     if pending is not None:
                         pending[1] = record
-                    done.append(record)
             while len(running) > _RUNNING_LIMIT:  # attempts that never ended (cancelled streams)
                 del running[next(iter(running))]
+            done = list(compress(records, map(_NOT_ROUTED, kinds)))
             if done:
                 self.tally(done)
             return
@@ -201,7 +203,7 @@ class StatusFeed:
     def decisions(self) -> list[dict[str, Any]]:
         """The last routing decisions, newest first, each with a readable `reason`."""
         out = []
-        for entry in reversed(self._decisions):
+        for entry in sorted(self._decisions, key=_decided_at, reverse=True):
             record, ended = entry if type(entry) is list else (entry, entry)
             route = record.route
             outcome, latency, error = "running", None, None
@@ -274,6 +276,15 @@ class StatusFeed:
 ROUTED = "request.routed"
 FAILED = "request.failed"
 _KIND, _NODE, _AT, _LATENCY, _TTFT, _ROUTED_FLAG = map(fields, ("kind", "node", "at", "latency", "ttft", "routed"))
+
+
+_NOT_ROUTED = ROUTED.__ne__
+_AND, _NOT = operator.and_, operator.not_
+
+
+def _decided_at(entry: Any) -> float:
+    """When a decision was made: its record's `at` (the routed record's, for a pair)."""
+    return float((entry[0] if type(entry) is list else entry).at)
 
 
 def _pending_key(record: RequestRecord) -> int:
