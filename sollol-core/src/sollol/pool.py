@@ -676,55 +676,41 @@ class AsyncPool:
             queued=queued,
         )
 
-    def _dispatching(self, pnode: PoolNode, request: Request, route: Route, stream: bool = False) -> bool:
+    def _dispatching(self, pnode: PoolNode, request: Request, route: Route) -> bool:
         """Start an attempt. True when its routing decision is left to its ending event.
 
-        A plain first attempt (not queued, not a stream) emits no `request.routed`: its
-        `request.finished` or `request.failed` carries the decision (`routed: True`), so a
-        request costs one event. Retries, queued requests and streams (which the dashboard
-        shows while they run) announce it now (a stream's announcement: see `_announced`).
+        A plain first attempt (not queued) emits no `request.routed`: its `request.finished`
+        or `request.failed` carries the decision (`routed: True`), so a request costs one
+        event. Retries and queued requests announce it now (streams: `_dispatching_stream`).
         """
         if pnode.breaker.state is CircuitState.HALF_OPEN:
             pnode.breaker.start_trial()
-        if stream or route.queued or len(route.tried) > 1:
-            if self._observed():
-                self._note(
-                    _record(
-                        RequestRecord,
-                        (
-                            "request.routed",
-                            pnode.id,
-                            request.model,
-                            request.operation,
-                            request.protocol,
-                            _now(),
-                            route,
-                            True,
-                            len(route.tried),
-                            None,
-                            None,
-                            0,
-                            0.0,
-                            None,
-                            None,
-                            None,
-                        ),
-                    )
-                )
+        if route.queued or len(route.tried) > 1:
+            if self._plugins.observers:  # type: ignore[union-attr]
+                self._note(_routed(pnode, request, route))
             return False
         return True
 
-    def _announced(self, route: Route) -> tuple[RequestRecord, list[Any], int] | None:
-        """Right after `_dispatching` announced a stream (`route`): its `request.routed` record, the
-        journal it waits in and its place there (None when nobody observes, or it is delivered
-        already). A stream that ends while the record still waits folds its ending into it
-        (`_succeeded`): one record, as for a plain request."""
+    def _dispatching_stream(
+        self, pnode: PoolNode, request: Request, route: Route
+    ) -> tuple[RequestRecord, list[Any], int] | None:
+        """Start a stream's attempt, and announce it (`request.routed`: a live view shows a
+        stream while it runs). Returns the announcement while it waits for delivery: the
+        record, the journal it waits in and its place there (None when nobody observes, or it
+        went out at once). A stream that ends while its announcement still waits folds its
+        ending into it (`_succeeded`): one record, as for a plain request."""
+        if pnode.breaker.state is CircuitState.HALF_OPEN:
+            pnode.breaker.start_trial()
+        if not self._plugins.observers:  # type: ignore[union-attr]
+            return None
+        record = _routed(pnode, request, route)
         journal = self._journal
-        if journal:
-            record = journal[-1]
-            if type(record) is RequestRecord and record.route is route:
-                return record, journal, len(journal) - 1
-        return None
+        journal.append(record)  # (`_note`, written out: once per stream)
+        if self._delivery is None or len(journal) >= JOURNAL_LIMIT:
+            self._schedule_delivery()
+            if journal is not self._journal:
+                return None
+        return record, journal, len(journal) - 1
 
     def _failed(
         self,
@@ -804,7 +790,7 @@ class AsyncPool:
         carries the routing decision too (`routed: True`): one event for the request.
 
         `announced`: a stream's `request.routed`, if it is still waiting for delivery (see
-        `_announced`): the ending takes its place, with the routing decision (`routed: True`)
+        `_dispatching_stream`): the ending takes its place, with the routing decision (`routed: True`)
         and its time (`at`, when it was routed, so the journal stays in time order): observers
         get one record for a stream that ended within a delivery, as for a plain request.
 
@@ -960,8 +946,7 @@ class AsyncPool:
                 backend.chat_stream(local) if isinstance(local, ChatRequest) else backend.generate_stream(local)
             )
             route = self._route(choice, tried, failures, queued)
-            self._dispatching(pnode, request, route, stream=True)
-            announced = self._announced(route)
+            announced = self._dispatching_stream(pnode, request, route)
             sent = 0
             first: float | None = None
             usage: Usage | None = None
@@ -1102,6 +1087,31 @@ class AsyncPool:
             elapsed = time.perf_counter() - started
             self._succeeded(pnode, target, request, route, elapsed, usage, first, sent, waited, False, announced)
             return
+
+
+def _routed(pnode: PoolNode, request: Request, route: Route) -> RequestRecord:
+    """An attempt's `request.routed` record."""
+    return _record(  # type: ignore[no-any-return]
+        RequestRecord,
+        (
+            "request.routed",
+            pnode.id,
+            request.model,
+            request.operation,
+            request.protocol,
+            _now(),
+            route,
+            True,
+            len(route.tried),
+            None,
+            None,
+            0,
+            0.0,
+            None,
+            None,
+            None,
+        ),
+    )
 
 
 _ORDINARY_END = b'"done":false}\n'
