@@ -1091,7 +1091,7 @@ class AsyncPool:
 
 def _routed(pnode: PoolNode, request: Request, route: Route) -> RequestRecord:
     """An attempt's `request.routed` record."""
-    return _record(  # type: ignore[no-any-return]
+    return _record(
         RequestRecord,
         (
             "request.routed",
