@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -20,6 +20,15 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":")[1])
     return head + (await reader.readexactly(length) if length else b"")
+
+
+async def requests_of(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """Each request on a kept-alive connection, until the client closes it."""
+    while True:
+        try:
+            yield await read_request(reader)
+        except asyncio.IncompleteReadError:
+            return
 
 
 def run(handler: Handler, client_code: Callable[[httpx.AsyncClient, str], Awaitable[object]]) -> object:
@@ -41,11 +50,7 @@ def test_content_length_and_keep_alive() -> None:
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(writer)
-        while True:
-            try:
-                request = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for request in requests_of(reader):
             body = b'{"echo": %d}' % len(request)
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -154,11 +159,7 @@ def test_lean_transport_send_and_stream() -> None:
     seen: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                request = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for request in requests_of(reader):
             seen.append(request)
             if b"/slow" in request:
                 await asyncio.sleep(5)
@@ -234,11 +235,7 @@ def test_one_deadline_per_exchange_bounds_each_gap_not_the_consumer() -> None:
     from sollol.transport import Timeouts
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                request = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for request in requests_of(reader):
             if b"/stall" in request:
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
                 await writer.drain()
@@ -292,11 +289,7 @@ def test_pieces_offered_as_they_arrive_skip_the_reader_unless_refused() -> None:
     from sollol.node import Node
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for _ in requests_of(reader):
             writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
             for piece in (b"a\n", b"b\n", b"c\n", b"d\n"):
                 await asyncio.sleep(0.03)
@@ -345,11 +338,7 @@ def test_after_finish_the_body_end_is_awaited_in_the_background() -> None:
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(writer)
-        while True:
-            try:
-                request = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for request in requests_of(reader):
             writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nz\n\r\n")
             await writer.drain()
             await asyncio.sleep(0.1)

@@ -975,9 +975,7 @@ class AsyncPool:
                                     if not sinking or rest or not data.endswith(b"\n"):  # noqa: B023
                                         return False
                                     lines = data.count(b"\n")
-                                    if b'"error"' in data or data.count(_ORDINARY_END) != lines:
-                                        return False  # (`_ordinary_lines`, written out)
-                                    if not sink(data):
+                                    if _ordinary_lines(data) != lines or not sink(data):
                                         return False
                                     sent += lines
                                     return True

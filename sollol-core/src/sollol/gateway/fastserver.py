@@ -143,7 +143,7 @@ class Exchange:
                     self.keep_alive = False
                 head = self._stream_head()
                 if body and not self.head:
-                    head += b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
+                    head += self._framed(body)
                 proto.write_soon(head)
             else:
                 parts = [_status_line(self.status)]
@@ -160,7 +160,7 @@ class Exchange:
                     parts.append(body)
                 proto.write(b"".join(parts))
         elif body and not self.head:
-            proto.write_soon(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
+            proto.write_soon(self._framed(body))
         if not more:
             self.finished = True
             if self.streaming and self.chunked and not self.head:
@@ -168,6 +168,10 @@ class Exchange:
             proto.flush()
         if proto.write_paused:
             await proto.drain()
+
+    def _framed(self, body: bytes) -> bytes:
+        """A stream's piece as it goes on the wire: a chunk, or (HTTP/1.0) the bytes themselves."""
+        return b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
 
     def _stream_head(self) -> bytes:
         """A stream's head; the same for every stream of a status and a constant header tuple
@@ -199,7 +203,7 @@ class Exchange:
             return
         proto = self.proto
         if body and not self.head:
-            proto.write_soon(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
+            proto.write_soon(self._framed(body))
         if proto.write_paused:
             await proto.drain()
 
@@ -215,7 +219,7 @@ class Exchange:
         proto = self.proto
         if not self.started or self.finished or self.head or proto.write_paused or proto.lost:
             return False
-        data = b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
+        data = self._framed(body)
         if proto._out is None and proto.transport is not None:
             proto.transport.write(data)
         else:

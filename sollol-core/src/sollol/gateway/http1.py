@@ -455,13 +455,7 @@ def _walk_chunks(buffer: bytearray) -> tuple[bytes, bool]:
             if len(buffer) - pos > HEAD_LIMIT:
                 raise ValueError("chunk size line too long")
             break
-        line = buffer[pos:end]
-        try:
-            size = int(line, 16)  # the usual line: hex digits alone (a call less than `_chunk_size`)
-        except ValueError:
-            size = _chunk_size(line)
-        if size < 0:
-            raise ValueError("negative chunk size")
+        size = _chunk_size(buffer[pos:end])
         if not size:  # the last chunk: whole once its (usually empty) trailers end
             if buffer.startswith(b"\r\n", end + 2):
                 pos, last = end + 4, True

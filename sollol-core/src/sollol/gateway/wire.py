@@ -109,7 +109,7 @@ def piece_sender(send: Send) -> Callable[[bytes], Awaitable[None]]:
     """What sends a stream's pieces: the server's own `piece` when `send` is a method of an
     object that has one (sollol.gateway.fastserver's exchanges: no ASGI message per piece),
     else `send_piece`."""
-    piece: Callable[[bytes], Awaitable[None]] | None = getattr(getattr(send, "__self__", None), "piece", None)
+    piece: Callable[[bytes], Awaitable[None]] | None = _beside(send, "piece")
     return piece if piece is not None else functools.partial(send_piece, send)
 
 
@@ -117,8 +117,13 @@ def direct_sender(send: Send) -> Callable[[bytes], bool] | None:
     """The server's way to write a started stream's piece from plain code, when `send` is a
     method of an object that offers one (`piece_now`: sollol.gateway.fastserver), else None.
     It returns False for a piece it cannot write at once (which then goes through `send`)."""
-    direct: Callable[[bytes], bool] | None = getattr(getattr(send, "__self__", None), "piece_now", None)
+    direct: Callable[[bytes], bool] | None = _beside(send, "piece_now")
     return direct
+
+
+def _beside(send: Send, name: str) -> Any:
+    """The attribute `name` of the object `send` is a method of (None when it has none)."""
+    return getattr(getattr(send, "__self__", None), name, None)
 
 
 async def end_stream(send: Send) -> None:

@@ -55,7 +55,9 @@ class StatusFeed:
         # a record that carries its decision and outcome, or [a routed record, the record that
         # ended it (None while running)]
         self._decisions: deque[Any] = deque(maxlen=decisions)
-        # decisions of attempts still running, by the identity of their route (see `_pending_key`)
+        # decisions of attempts still running, by the identity of their route: an attempt's
+        # routed and ending records share the pool's `Route` object, and a running decision
+        # holds its record (so its route: the id stays unique while it is pending)
         self._running: dict[Any, list[Any]] = {}
         # [second, requests, errors, latency sum, latency max, ttft sum, ttft count, {node: requests}]
         self._buckets: deque[list[Any]] = deque(maxlen=window)
@@ -65,69 +67,56 @@ class StatusFeed:
     @hookimpl
     def sollol_activity_batch(self, batch: Sequence[RequestRecord | ActivityEvent]) -> None:
         """Take in what happened since the last batch."""
-        decisions, running = self._decisions, self._running
         if len(set(map(type, batch))) == 1 and type(batch[0]) is RequestRecord:
-            records = cast(Sequence[RequestRecord], batch)
-            kinds = list(map(_KIND, records))
-            if ROUTED not in kinds and all(map(_ROUTED_FLAG, records)):
-                # the usual batch: requests that ended on their first attempt, each record its
-                # own decision and outcome
-                decisions.extend(records)
-                self.tally(records, kinds)
-                return
-            # Streams and retries. Records that carry their own decision go in at once (C-level
-            # passes); only a routed record (it opens a decision) and an ending without its
-            # decision (it closes one) take a step of the loop. `decisions()` puts them in order.
-            flags = list(map(_ROUTED_FLAG, records))
-            own = list(map(_AND, flags, map(_NOT_ROUTED, kinds)))
-            decisions.extend(compress(records, own))
-            for record in compress(records, map(_NOT, own)):
-                if record.kind == ROUTED:
-                    opened = [record, None]
-                    decisions.append(opened)
-                    running[id(record.route)] = opened  # the key `_pending_key` gives
-                else:
-                    pending = running.pop(id(record.route), None)
-                    if pending is None and record.route is _NO_ROUTE:  # a record made from an event
-                        pending = _newest_on(running, record.node)
-                    if pending is not None:
-                        pending[1] = record
-            while len(running) > _RUNNING_LIMIT:  # attempts that never ended (cancelled streams)
-                del running[next(iter(running))]
-            done = list(compress(records, map(_NOT_ROUTED, kinds)))
-            if done:
-                self.tally(done)
+            self._take_records(cast(Sequence[RequestRecord], batch))
             return
-        ended: list[RequestRecord] = []
+        # Events too (from outside a pool, or a node change): request events become records,
+        # a node, circuit or model change wakes the event streams.
+        records: list[RequestRecord] = []
         for entry in batch:
-            if type(entry) is not RequestRecord:
-                kind = entry.kind
-                if not kind.startswith("request."):
-                    if kind.startswith(_NODE_EVENTS):
-                        self.notify()
-                    continue
-                if kind == "request.queued":
-                    continue
-                entry = RequestRecord.from_event(entry)  # type: ignore[arg-type]
-            decision: list[Any] | None
-            if entry.kind == ROUTED:
-                decision = [entry, None]
-                decisions.append(decision)
-                running[_pending_key(entry)] = decision
-                if len(running) > _RUNNING_LIMIT:  # attempts that never ended (cancelled streams)
-                    del running[next(iter(running))]
+            if type(entry) is RequestRecord:
+                records.append(entry)
                 continue
-            if entry.routed:
-                decisions.append(entry)
+            kind = entry.kind
+            if not kind.startswith("request."):
+                if kind.startswith(_NODE_EVENTS):
+                    self.notify()
+            elif kind != "request.queued":
+                records.append(RequestRecord.from_event(entry))  # type: ignore[arg-type]
+        if records:
+            self._take_records(records)
+
+    def _take_records(self, records: Sequence[RequestRecord]) -> None:
+        decisions, running = self._decisions, self._running
+        kinds = list(map(_KIND, records))
+        if ROUTED not in kinds and all(map(_ROUTED_FLAG, records)):
+            # the usual batch: requests that ended on their first attempt, each record its
+            # own decision and outcome
+            decisions.extend(records)
+            self.tally(records, kinds)
+            return
+        # Streams and retries. Records that carry their own decision go in at once (C-level
+        # passes); only a routed record (it opens a decision) and an ending without its
+        # decision (it closes one) take a step of the loop. `decisions()` puts them in order.
+        flags = list(map(_ROUTED_FLAG, records))
+        own = list(map(_AND, flags, map(_NOT_ROUTED, kinds)))
+        decisions.extend(compress(records, own))
+        for record in compress(records, map(_NOT, own)):
+            if record.kind == ROUTED:
+                opened = [record, None]
+                decisions.append(opened)
+                running[id(record.route)] = opened
             else:
-                decision = running.pop(_pending_key(entry), None)
-                if decision is None and entry.route is _NO_ROUTE:  # an event built outside a pool
-                    decision = _newest_on(running, entry.node)
-                if decision is not None:
-                    decision[1] = entry
-            ended.append(entry)
-        if ended:
-            self.tally(ended)
+                pending = running.pop(id(record.route), None)
+                if pending is None and record.route is _NO_ROUTE:  # a record made from an event
+                    pending = _newest_on(running, record.node)
+                if pending is not None:
+                    pending[1] = record
+        while len(running) > _RUNNING_LIMIT:  # attempts that never ended (cancelled streams)
+            del running[next(iter(running))]
+        done = list(compress(records, map(_NOT_ROUTED, kinds)))
+        if done:
+            self.tally(done)
 
     def take(self, event: ActivityEvent | RequestRecord) -> None:
         """One event or record, as a batch of one."""
@@ -285,12 +274,6 @@ _AND, _NOT = operator.and_, operator.not_
 def _decided_at(entry: Any) -> float:
     """When a decision was made: its record's `at` (the routed record's, for a pair)."""
     return float((entry[0] if type(entry) is list else entry).at)
-
-
-def _pending_key(record: RequestRecord) -> int:
-    # An attempt's routed and ending records share the pool's `Route` object, and a running
-    # decision holds its record (so its route: the id stays unique while it is pending).
-    return id(record.route)
 
 
 def _newest_on(running: dict[Any, list[Any]], node: str) -> list[Any] | None:
